@@ -1,0 +1,325 @@
+//! The config file: TOML → [`raw`] (serde mirror) → [`Config`] (validated).
+//!
+//! Every error names the TOML key and the line it is on, whether it comes
+//! from the TOML parser (syntax, types, unknown keys) or from validation.
+
+mod locate;
+pub mod raw;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+use crate::sc::{AuthToken, Protocol, ReconnectPolicy, ScConfig, config::Secret};
+use raw::{RawConfig, RawSocketCluster};
+
+/// The default path of a SocketCluster server; it must end with a slash.
+pub const DEFAULT_SC_PATH: &str = "/socketcluster/";
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socketcluster: ScConfig,
+    /// Channels subscribed at start.
+    pub subscribe: Vec<ChannelSubscription>,
+}
+
+/// A channel the bridge subscribes on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSubscription {
+    pub channel: String,
+    /// Sent only once the link is authenticated.
+    pub wait_for_auth: bool,
+}
+
+/// Why a config was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{origin}:{line}:{column}: `{key}`: {message}")]
+    Invalid { origin: String, key: String, line: usize, column: usize, message: String },
+}
+
+impl ConfigError {
+    /// The dotted TOML key the error is about, when it is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Read { .. } => None,
+        }
+    }
+}
+
+/// A validation failure before it is placed in the source.
+struct Problem {
+    key: String,
+    message: String,
+}
+
+fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem { key: key.into(), message: message.into() }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::from_toml(&source, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml(source: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(source).map_err(|err| {
+            let offset = err.span().map_or(0, |span| span.start);
+            let (line, column) = locate::line_col(source, offset);
+            let key = locate::key_at(source, offset).unwrap_or_else(|| "(document)".into());
+            ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key,
+                line,
+                column,
+                message: err.message().trim().to_owned(),
+            }
+        })?;
+        validate(raw).map_err(|p| {
+            let offset = locate::locate(source, &p.key).map_or(0, |span| span.start);
+            let (line, column) = locate::line_col(source, offset);
+            ConfigError::Invalid {
+                origin: origin.to_owned(),
+                key: p.key,
+                line,
+                column,
+                message: p.message,
+            }
+        })
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<Config, Problem> {
+    let sc = raw.socketcluster.ok_or_else(|| {
+        problem("socketcluster", "missing: the [socketcluster] table is required")
+    })?;
+    let mut subscribe = Vec::new();
+    for (list, wait_for_auth) in [(&sc.subscribe, false), (&sc.subscribe_after_auth, true)] {
+        let key = if wait_for_auth { "subscribe_after_auth" } else { "subscribe" };
+        for (index, channel) in list.iter().enumerate() {
+            if channel.is_empty() {
+                return Err(problem(
+                    format!("socketcluster.{key}[{index}]"),
+                    "channel name is empty",
+                ));
+            }
+            subscribe.push(ChannelSubscription { channel: channel.clone(), wait_for_auth });
+        }
+    }
+    Ok(Config { socketcluster: validate_sc(&sc)?, subscribe })
+}
+
+fn ms(value: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(value.unwrap_or(default))
+}
+
+fn validate_sc(sc: &RawSocketCluster) -> Result<ScConfig, Problem> {
+    let mut url = sc_url(sc)?;
+    if !sc.query.is_empty() {
+        let mut pairs = url.query_pairs_mut();
+        for (key, value) in &sc.query {
+            pairs.append_pair(key, value);
+        }
+    }
+    let mut config = ScConfig::new(url);
+    config.protocol = match sc.protocol.unwrap_or(2) {
+        1 => Protocol::V1,
+        2 => Protocol::V2,
+        other => {
+            return Err(problem("socketcluster.protocol", format!("must be 1 or 2, not {other}")));
+        }
+    };
+    for (name, value) in &sc.headers {
+        let key = format!("socketcluster.headers.{name}");
+        if tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(problem(key, "not a valid HTTP header name"));
+        }
+        if tokio_tungstenite::tungstenite::http::HeaderValue::from_str(value).is_err() {
+            return Err(problem(key, "not a valid HTTP header value (no control characters)"));
+        }
+        config.headers.push((name.clone(), Secret(value.clone())));
+    }
+    config.active = sc.active.unwrap_or(true);
+    let delay = ms(sc.reconnect_delay_ms, 1000);
+    let max_delay = ms(sc.reconnect_max_delay_ms, 30_000.max(delay.as_millis() as u64));
+    if max_delay < delay {
+        return Err(problem(
+            "socketcluster.reconnect_max_delay_ms",
+            "must not be smaller than reconnect_delay_ms",
+        ));
+    }
+    let multiplier = sc.reconnect_backoff.unwrap_or(1.0);
+    if !(1.0..=10.0).contains(&multiplier) {
+        return Err(problem(
+            "socketcluster.reconnect_backoff",
+            "must be between 1.0 (fixed delay) and 10.0",
+        ));
+    }
+    let jitter = sc.reconnect_jitter.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&jitter) {
+        return Err(problem("socketcluster.reconnect_jitter", "must be between 0.0 and 1.0"));
+    }
+    config.reconnect = ReconnectPolicy { delay, multiplier, jitter, max_delay };
+    config.connect_timeout = ms(sc.connect_timeout_ms, 20_000);
+    config.ack_timeout = ms(sc.ack_timeout_ms, 10_000);
+    for (key, value) in
+        [("connect_timeout_ms", config.connect_timeout), ("ack_timeout_ms", config.ack_timeout)]
+    {
+        if value.is_zero() {
+            return Err(problem(format!("socketcluster.{key}"), "must be more than 0"));
+        }
+    }
+    config.queue_size = sc.queue_size.unwrap_or(1000);
+    if config.queue_size == 0 {
+        return Err(problem("socketcluster.queue_size", "must be at least 1"));
+    }
+    config.max_frame_bytes = sc.max_frame_bytes.unwrap_or(1024 * 1024);
+    if config.max_frame_bytes < 1024 {
+        return Err(problem("socketcluster.max_frame_bytes", "must be at least 1024"));
+    }
+    config.verify_tls = sc.verify_tls.unwrap_or(true);
+    config.ca_file = sc.ca_file.as_ref().map(PathBuf::from);
+    config.auth = match (&sc.auth_token, &sc.auth_token_file) {
+        (Some(_), Some(_)) => {
+            return Err(problem(
+                "socketcluster.auth_token_file",
+                "give either auth_token or auth_token_file, not both",
+            ));
+        }
+        (Some(token), None) => AuthToken::Inline(Secret(token.clone())),
+        (None, Some(path)) => AuthToken::File(PathBuf::from(path)),
+        (None, None) => AuthToken::None,
+    };
+    Ok(config)
+}
+
+/// Either `url`, or cables-style `hostname`/`port`/`secure`/`path`.
+fn sc_url(sc: &RawSocketCluster) -> Result<Url, Problem> {
+    if let Some(text) = &sc.url {
+        for (key, set) in [
+            ("hostname", sc.hostname.is_some()),
+            ("port", sc.port.is_some()),
+            ("secure", sc.secure.is_some()),
+            ("path", sc.path.is_some()),
+        ] {
+            if set {
+                return Err(problem(
+                    format!("socketcluster.{key}"),
+                    "give either url or hostname/port/secure/path, not both",
+                ));
+            }
+        }
+        let url = Url::parse(text)
+            .map_err(|err| problem("socketcluster.url", format!("not a valid URL: {err}")))?;
+        if !matches!(url.scheme(), "ws" | "wss") {
+            return Err(problem("socketcluster.url", "must start with ws:// or wss://"));
+        }
+        if url.host_str().is_none() {
+            return Err(problem("socketcluster.url", "has no host"));
+        }
+        warn_about_path(url.path());
+        return Ok(url);
+    }
+    let hostname = sc.hostname.as_deref().ok_or_else(|| {
+        problem("socketcluster", "set `url`, or `hostname` (with optional port, secure, path)")
+    })?;
+    let secure = sc.secure.unwrap_or(true);
+    let scheme = if secure { "wss" } else { "ws" };
+    let port = sc.port.unwrap_or(if secure { 443 } else { 80 });
+    let path = sc.path.as_deref().unwrap_or(DEFAULT_SC_PATH);
+    if !path.starts_with('/') {
+        return Err(problem("socketcluster.path", "must start with '/'"));
+    }
+    warn_about_path(path);
+    Url::parse(&format!("{scheme}://{hostname}:{port}{path}")).map_err(|err| {
+        problem("socketcluster.hostname", format!("does not make a valid URL: {err}"))
+    })
+}
+
+fn warn_about_path(path: &str) {
+    if !path.ends_with('/') {
+        tracing::warn!(
+            path,
+            "the SocketCluster path does not end with '/'; stock servers answer such an upgrade with HTTP 400"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(source: &str) -> (String, usize, String) {
+        match Config::from_toml(source, "test.toml") {
+            Err(ConfigError::Invalid { key, line, message, .. }) => (key, line, message),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cables_style_settings_make_a_wss_url_with_the_default_path() {
+        let config = Config::from_toml("[socketcluster]\nhostname = \"socket.cables.gl\"\n", "t")
+            .expect("valid");
+        assert_eq!(config.socketcluster.url.as_str(), "wss://socket.cables.gl/socketcluster/");
+        assert_eq!(config.socketcluster.reconnect.delay, Duration::from_secs(1));
+        assert!(config.socketcluster.verify_tls);
+    }
+
+    #[test]
+    fn query_parameters_are_added_to_the_url() {
+        let config = Config::from_toml(
+            "[socketcluster]\nurl = \"ws://127.0.0.1:9/socketcluster/\"\nquery = { room = \"a b\" }\n",
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(config.socketcluster.url.as_str(), "ws://127.0.0.1:9/socketcluster/?room=a+b");
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line() {
+        let (key, line, message) =
+            error_of("[socketcluster]\nurl = \"ws://h/socketcluster/\"\nreconect_delay_ms = 5\n");
+        assert_eq!((key.as_str(), line), ("socketcluster.reconect_delay_ms", 3));
+        assert!(message.contains("unknown field"), "{message}");
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_with_its_line() {
+        let (key, line, _) =
+            error_of("[socketcluster]\nurl = \"ws://h/socketcluster/\"\n\nqueue_size = \"big\"\n");
+        assert_eq!((key.as_str(), line), ("socketcluster.queue_size", 4));
+    }
+
+    #[test]
+    fn validation_errors_name_key_and_line() {
+        let (key, line, _) = error_of("[socketcluster]\nurl = \"http://h/\"\n");
+        assert_eq!((key.as_str(), line), ("socketcluster.url", 2));
+        let (key, line, _) =
+            error_of("[socketcluster]\nurl = \"ws://h/socketcluster/\"\nprotocol = 3\n");
+        assert_eq!((key.as_str(), line), ("socketcluster.protocol", 3));
+        let (key, _, _) = error_of(
+            "[socketcluster]\nurl = \"ws://h/socketcluster/\"\nauth_token = \"a\"\nauth_token_file = \"/f\"\n",
+        );
+        assert_eq!(key, "socketcluster.auth_token_file");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let config = Config::from_toml(
+            "[socketcluster]\nurl = \"ws://h/socketcluster/\"\nauth_token = \"sekrit-token\"\nheaders = { Authorization = \"Bearer sekrit-header\" }\n",
+            "t",
+        )
+        .expect("valid");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("sekrit"), "{shown}");
+    }
+}
