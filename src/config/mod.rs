@@ -52,14 +52,22 @@ impl ConfigError {
     }
 }
 
-/// A validation failure before it is placed in the source.
-struct Problem {
-    key: String,
-    message: String,
+/// A validation failure before it is placed in the source: the dotted key
+/// (`osc.targets.td`, `route[2].to[0].osc`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem { key: key.into(), message: message.into() }
+    }
 }
 
 fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
-    Problem { key: key.into(), message: message.into() }
+    Problem::new(key, message)
 }
 
 impl Config {

@@ -1,0 +1,64 @@
+//! The neutral message that flows from every endpoint through the router to
+//! every other endpoint. Endpoints turn wire formats into [`Message`] and
+//! back; the router only ever sees this.
+
+use serde_json::Value;
+
+/// What kind of name a message arrived under; a route's source names one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SourceKind {
+    /// A cables.gl object topic (`CHANNEL/objects`).
+    CablesObject,
+    /// A cables.gl named trigger (`CHANNEL/triggers`).
+    CablesTrigger,
+    /// A plain SocketCluster channel; its data is the payload.
+    ScChannel,
+    /// A custom event the SocketCluster server transmits.
+    ScEvent,
+    /// An OSC address received on a UDP listener.
+    Osc,
+    /// An MQTT topic received from the broker.
+    Mqtt,
+}
+
+impl SourceKind {
+    /// The key users write in a route (`from = { osc = "/x" }`).
+    pub fn key(self) -> &'static str {
+        match self {
+            SourceKind::CablesObject => "cables_object",
+            SourceKind::CablesTrigger => "cables_trigger",
+            SourceKind::ScChannel => "sc_channel",
+            SourceKind::ScEvent => "sc_event",
+            SourceKind::Osc => "osc",
+            SourceKind::Mqtt => "mqtt",
+        }
+    }
+}
+
+/// What a message carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// A value (state): any JSON.
+    Value(Value),
+    /// A trigger (an event with no value). Its name is the message's name.
+    Trigger,
+}
+
+/// One message on its way through the bridge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub source: SourceKind,
+    /// The topic, trigger name, channel, event name, OSC address or MQTT topic.
+    pub name: String,
+    pub body: Body,
+}
+
+impl Message {
+    pub fn value(source: SourceKind, name: impl Into<String>, value: Value) -> Self {
+        Message { source, name: name.into(), body: Body::Value(value) }
+    }
+
+    pub fn trigger(source: SourceKind, name: impl Into<String>) -> Self {
+        Message { source, name: name.into(), body: Body::Trigger }
+    }
+}
