@@ -431,7 +431,7 @@ impl Connection {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 ScStats::bump(&self.stats.inbound_queue_full);
                 let dropped = ScStats::get(&self.stats.inbound_queue_full);
-                if dropped.is_power_of_two() || dropped % 1000 == 0 {
+                if crate::stats::worth_logging(dropped) {
                     tracing::warn!(
                         dropped,
                         "consumer too slow: dropped incoming SocketCluster messages"

@@ -1,0 +1,104 @@
+//! The SocketCluster client against a scripted server that does what the
+//! real one never does: send malformed, binary and oversized frames.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use scbridge::sc::{Incoming, ScClient, ScConfig, ScStats};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use url::Url;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Garbage from the server is counted and skipped; the good frame after it
+/// still arrives and the connection stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_binary_and_oversized_frames_are_counted_and_skipped() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("local addr").port();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
+        let hello = ws.next().await.expect("a frame").expect("readable");
+        let hello: Value = serde_json::from_str(hello.to_text().expect("text")).expect("json");
+        assert_eq!(hello["event"], "#handshake");
+        let cid = hello["cid"].as_u64().expect("numeric cid");
+        let reply = json!({"rid": cid, "data": {"id": "scripted", "pingTimeout": 5000, "isAuthenticated": false}});
+        ws.send(Message::text(reply.to_string())).await.expect("send");
+        // The subscribe comes next; ack it.
+        let subscribe: Value = serde_json::from_str(
+            ws.next().await.expect("frame").expect("ok").to_text().expect("text"),
+        )
+        .expect("json");
+        assert_eq!(subscribe["event"], "#subscribe");
+        ws.send(Message::text(json!({"rid": subscribe["cid"]}).to_string())).await.expect("send");
+        for bad in [
+            "{not json",
+            "plain words",
+            r#"{"foo":1}"#,
+            r#"{"event":42}"#,
+            r##"{"event":"#publish","data":"no channel"}"##,
+            r#"[1,"two",{"rid":"x"}]"#,
+        ] {
+            ws.send(Message::text(bad)).await.expect("send");
+        }
+        ws.send(Message::binary(vec![0u8, 1, 2, 3])).await.expect("send");
+        let huge = format!(
+            r##"{{"event":"#publish","data":{{"channel":"c","data":"{}"}}}}"##,
+            "x".repeat(4096)
+        );
+        ws.send(Message::text(huge)).await.expect("send");
+        ws.send(Message::text(r##"{"event":"#publish","data":{"channel":"c","data":"good"}}"##))
+            .await
+            .expect("send");
+        // Keep the socket open until the client is done.
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+
+    let mut config =
+        ScConfig::new(Url::parse(&format!("ws://127.0.0.1:{port}/socketcluster/")).expect("url"));
+    config.max_frame_bytes = 2048;
+    let (client, mut incoming) = ScClient::start(config);
+    client.subscribe("c", false).await;
+
+    let message =
+        tokio::time::timeout(WAIT, incoming.recv()).await.expect("in time").expect("open");
+    assert_eq!(message, Incoming::Publish { channel: "c".into(), data: json!("good") });
+    let stats = client.stats();
+    assert_eq!(ScStats::get(&stats.malformed_frames), 8);
+    assert_eq!(ScStats::get(&stats.binary_frames), 1);
+    assert_eq!(ScStats::get(&stats.oversized_frames), 1);
+    assert_eq!(ScStats::get(&stats.connections), 1);
+    assert!(client.link_state().borrow().is_connected());
+    client.shutdown().await;
+    server.await.expect("scripted server finished");
+}
+
+/// A server that accepts TCP but never answers the handshake is given up on
+/// after the ack timeout, and retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_the_handshake_is_retried() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("local addr").port();
+    let accepted = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
+            sockets.push(ws); // held open, never answered
+        }
+        sockets.len()
+    });
+    let mut config =
+        ScConfig::new(Url::parse(&format!("ws://127.0.0.1:{port}/socketcluster/")).expect("url"));
+    config.ack_timeout = Duration::from_millis(200);
+    config.reconnect.delay = Duration::from_millis(50);
+    let (client, _incoming) = ScClient::start(config);
+
+    let count = tokio::time::timeout(WAIT, accepted).await.expect("two attempts").expect("task");
+    assert_eq!(count, 2);
+    assert!(ScStats::get(&client.stats().connect_failures) >= 1);
+    assert_eq!(ScStats::get(&client.stats().connections), 0);
+}

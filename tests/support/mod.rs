@@ -1,0 +1,12 @@
+//! Test support shared by the integration tests.
+//!
+//! Each test crate declares `mod support;` and uses what it needs, so not
+//! every item is used by every crate (hence the `dead_code` allowance).
+//!
+//! - [`sc_peer`]: the real SocketCluster server and client peers of
+//!   `tests/peers` (Node), started on ports chosen at run time, with waits on
+//!   the lines they print.
+
+#![allow(dead_code)]
+
+pub mod sc_peer;
