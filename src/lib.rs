@@ -2,11 +2,10 @@
 //!
 //! # Layout
 //! - [`sc`]: the SocketCluster client (codec, session, connection, handle).
-//! - [`osc`]: OSC over UDP: listeners, targets, JSON ⇄ OSC mapping.
-//! - [`mqtt`]: the MQTT client: reconnects, queue, availability.
 //! - [`message`]: the neutral [`message::Message`] every endpoint speaks.
 //! - [`config`]: the TOML config, raw → validated, errors with key and line.
 //! - [`stats`]: named drop and traffic counters.
+//! - [`tls`]: rustls client settings shared by the links.
 //! - [`app`]: the daemon's top level (what `scbridge run` does).
 
 pub mod app;
@@ -14,3 +13,4 @@ pub mod config;
 pub mod message;
 pub mod sc;
 pub mod stats;
+pub mod tls;

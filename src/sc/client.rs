@@ -41,6 +41,9 @@ impl ScClient {
     ///
     /// Must be called inside a Tokio runtime.
     pub fn start(config: ScConfig) -> (ScClient, mpsc::Receiver<Incoming>) {
+        if !config.verify_tls && config.url.scheme() == "wss" {
+            tracing::warn!(url = %config.display_url(), "verify_tls is off: any server certificate is accepted");
+        }
         let stats = Arc::new(ScStats::default());
         let cids = Arc::new(AtomicU64::new(1));
         let queue = Arc::new(OutboundQueue::new(config.queue_size));

@@ -22,7 +22,7 @@ use super::config::{AuthToken, ScConfig};
 use super::queue::{OutboundQueue, Outgoing, ReplySender};
 use super::session::{Output, Session};
 use super::stats::ScStats;
-use super::{Incoming, LinkState, tls};
+use super::{Incoming, LinkState};
 
 type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -193,8 +193,13 @@ impl Connection {
             Err(reason) => return Step::Lost { reason, code: None },
         };
         let connector = if self.config.url.scheme() == "wss" {
-            match tls::client_config(&self.config) {
-                Ok(tls) => Some(Connector::Rustls(tls)),
+            let settings = crate::tls::TlsSettings {
+                verify: self.config.verify_tls,
+                ca_file: self.config.ca_file.as_deref(),
+                client_auth: None,
+            };
+            match crate::tls::client_config(settings) {
+                Ok(tls) => Some(Connector::Rustls(Arc::new(tls))),
                 Err(err) => return Step::Lost { reason: err.to_string(), code: None },
             }
         } else {

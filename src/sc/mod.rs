@@ -14,7 +14,6 @@ mod connection;
 mod queue;
 pub mod session;
 pub mod stats;
-mod tls;
 
 use std::time::Duration;
 
@@ -69,13 +68,4 @@ pub enum InvokeError {
     Closed,
     #[error("the server answered with an error: {0}")]
     Remote(RemoteError),
-}
-
-/// Why the link could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum ScError {
-    #[error("TLS setup: {0}")]
-    Tls(String),
-    #[error("cannot read {path}: {source}")]
-    ReadFile { path: std::path::PathBuf, source: std::io::Error },
 }
