@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`sc`]: the SocketCluster client (codec, session, connection, handle).
+//! - [`osc`]: OSC over UDP: listeners, targets, JSON ⇄ OSC mapping.
 //! - [`message`]: the neutral [`message::Message`] every endpoint speaks.
 //! - [`config`]: the TOML config, raw → validated, errors with key and line.
 //! - [`stats`]: named drop and traffic counters.
@@ -11,6 +12,7 @@
 pub mod app;
 pub mod config;
 pub mod message;
+pub mod osc;
 pub mod sc;
 pub mod stats;
 pub mod tls;

@@ -1,0 +1,307 @@
+//! The `[osc]` table: its serde mirror ([`RawOsc`]) and the validated
+//! [`OscConfig`] the endpoint starts from. Host names are resolved here,
+//! once, when the config is loaded.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+
+use crate::config::Problem;
+
+/// The largest UDP payload over IPv4, and the default packet limit.
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// `[osc]` as written.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOsc {
+    /// `"127.0.0.1:9000"` each; no listener unless given.
+    pub listen: Option<Vec<String>>,
+    /// Named destinations routes send to.
+    #[serde(default)]
+    pub targets: BTreeMap<String, RawOscTarget>,
+    pub max_packet_bytes: Option<usize>,
+    pub queue_size: Option<usize>,
+}
+
+/// One `[osc.targets]` entry: `td = "127.0.0.1:7000"` or
+/// `td = { address = "192.168.1.255:7000", broadcast = true }`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum RawOscTarget {
+    Address(String),
+    Full {
+        address: String,
+        #[serde(default)]
+        broadcast: bool,
+    },
+}
+
+/// Validated OSC settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OscConfig {
+    /// UDP sockets that receive OSC.
+    pub listen: Vec<SocketAddr>,
+    /// Destinations; routes name them, the endpoint indexes them.
+    pub targets: Vec<OscTarget>,
+    /// Received datagrams longer than this are counted and dropped.
+    pub max_packet_bytes: usize,
+    /// Outgoing messages held for the sender task before new ones are dropped.
+    pub queue_size: usize,
+}
+
+impl Default for OscConfig {
+    fn default() -> Self {
+        OscConfig {
+            listen: Vec::new(),
+            targets: Vec::new(),
+            max_packet_bytes: MAX_UDP_PAYLOAD,
+            queue_size: 4096,
+        }
+    }
+}
+
+/// One destination of OSC messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OscTarget {
+    /// The key under `[osc.targets]`.
+    pub name: String,
+    /// Always IPv4: the send socket is bound to `0.0.0.0`.
+    pub address: SocketAddr,
+    /// The address is a broadcast address, and the send socket may use it.
+    pub broadcast: bool,
+}
+
+impl OscConfig {
+    /// The index of the target named `name`, as [`super::OscOut::target`]
+    /// wants it.
+    pub fn target_index(&self, name: &str) -> Option<usize> {
+        self.targets.iter().position(|target| target.name == name)
+    }
+}
+
+/// Checks `[osc]` and resolves its addresses; errors name keys such as
+/// `osc.listen[0]` or `osc.targets.td`.
+pub fn validate(raw: &RawOsc) -> Result<OscConfig, Problem> {
+    let mut config = OscConfig::default();
+    for (index, text) in raw.listen.iter().flatten().enumerate() {
+        let key = format!("osc.listen[{index}]");
+        let address = resolve(text).map_err(|message| Problem::new(&key, message))?;
+        if address.ip().is_multicast() {
+            return Err(Problem::new(
+                key,
+                "listening on a multicast group is not supported; \
+                 listen on 0.0.0.0 with the same port",
+            ));
+        }
+        if config.listen.contains(&address) {
+            return Err(Problem::new(key, format!("{address} is listed twice")));
+        }
+        config.listen.push(address);
+    }
+    for (name, target) in &raw.targets {
+        let (key, text, broadcast) = match target {
+            RawOscTarget::Address(text) => (format!("osc.targets.{name}"), text, false),
+            RawOscTarget::Full { address, broadcast } => {
+                (format!("osc.targets.{name}.address"), address, *broadcast)
+            }
+        };
+        if name.is_empty() {
+            return Err(Problem::new("osc.targets", "a target name is empty"));
+        }
+        let address = resolve_target(text).map_err(|message| Problem::new(&key, message))?;
+        if !broadcast && looks_like_broadcast(address.ip()) {
+            return Err(Problem::new(
+                key,
+                format!(
+                    "{} looks like a broadcast address; sending to one must be switched on: \
+                     {name} = {{ address = \"{text}\", broadcast = true }}",
+                    address.ip()
+                ),
+            ));
+        }
+        config.targets.push(OscTarget { name: name.clone(), address, broadcast });
+    }
+    if let Some(bytes) = raw.max_packet_bytes {
+        if !(16..=MAX_UDP_PAYLOAD).contains(&bytes) {
+            return Err(Problem::new(
+                "osc.max_packet_bytes",
+                format!("must be between 16 and {MAX_UDP_PAYLOAD} (the largest UDP payload)"),
+            ));
+        }
+        config.max_packet_bytes = bytes;
+    }
+    if let Some(size) = raw.queue_size {
+        if size == 0 {
+            return Err(Problem::new("osc.queue_size", "must be at least 1"));
+        }
+        config.queue_size = size;
+    }
+    Ok(config)
+}
+
+/// Resolves `host:port`, preferring IPv4 (a `localhost` that also means
+/// `::1` should not pick the address family the other side may not use).
+fn resolve(text: &str) -> Result<SocketAddr, String> {
+    let candidates: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|err| format!("{text:?} is not a usable host:port address ({err})"))?
+        .collect();
+    candidates
+        .iter()
+        .find(|address| address.is_ipv4())
+        .or_else(|| candidates.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+fn resolve_target(text: &str) -> Result<SocketAddr, String> {
+    let address = resolve(text)?;
+    if !address.is_ipv4() {
+        return Err(format!(
+            "{text:?} is an IPv6 address; OSC targets are sent from an IPv4 socket, \
+             give an IPv4 address"
+        ));
+    }
+    if address.port() == 0 {
+        return Err(format!("{text:?} has port 0, which nothing can be sent to"));
+    }
+    if address.ip().is_unspecified() {
+        return Err(format!("{text:?} is not a destination; use 127.0.0.1 for this machine"));
+    }
+    Ok(address)
+}
+
+/// The limited broadcast address, or a last octet of 255: the broadcast
+/// address of every subnet of /24 or wider. A host that really ends in .255
+/// (inside a wider subnet) can be reached with `broadcast = true`, which only
+/// lets the socket send to broadcast addresses.
+fn looks_like_broadcast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4 == Ipv4Addr::BROADCAST || v4.octets()[3] == 255,
+        IpAddr::V6(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(toml_text: &str) -> RawOsc {
+        toml::from_str(toml_text).expect("valid TOML for RawOsc")
+    }
+
+    fn problem(toml_text: &str) -> Problem {
+        validate(&raw(toml_text)).expect_err("should be refused")
+    }
+
+    #[test]
+    fn an_empty_table_gives_the_defaults() {
+        let config = validate(&raw("")).expect("valid");
+        assert_eq!(config, OscConfig::default());
+        assert_eq!((config.max_packet_bytes, config.queue_size), (65_507, 4096));
+    }
+
+    #[test]
+    fn listeners_and_both_target_forms_are_read() {
+        let config = validate(&raw(r#"
+            listen = ["127.0.0.1:9000", "0.0.0.0:9001"]
+            max_packet_bytes = 1500
+            queue_size = 10
+            [targets]
+            td = "127.0.0.1:7000"
+            lan = { address = "192.168.1.255:7001", broadcast = true }
+            "#))
+        .expect("valid");
+        assert_eq!(
+            config.listen,
+            vec!["127.0.0.1:9000".parse().unwrap(), "0.0.0.0:9001".parse().unwrap()]
+        );
+        assert_eq!(
+            config.targets,
+            vec![
+                OscTarget {
+                    name: "lan".into(),
+                    address: "192.168.1.255:7001".parse().unwrap(),
+                    broadcast: true
+                },
+                OscTarget {
+                    name: "td".into(),
+                    address: "127.0.0.1:7000".parse().unwrap(),
+                    broadcast: false
+                },
+            ]
+        );
+        assert_eq!(config.target_index("td"), Some(1));
+        assert_eq!((config.max_packet_bytes, config.queue_size), (1500, 10));
+    }
+
+    #[test]
+    fn localhost_resolves_to_ipv4() {
+        let config = validate(&raw("[targets]\ntd = \"localhost:7000\"\n")).expect("valid");
+        assert_eq!(config.targets[0].address, "127.0.0.1:7000".parse().unwrap());
+    }
+
+    #[test]
+    fn a_multicast_target_is_allowed() {
+        let config = validate(&raw("[targets]\ngroup = \"239.1.2.3:7000\"\n")).expect("valid");
+        assert!(config.targets[0].address.ip().is_multicast());
+    }
+
+    #[test]
+    fn a_bad_listen_address_names_its_index() {
+        let p = problem(r#"listen = ["127.0.0.1:9000", "nonsense"]"#);
+        assert_eq!(p.key, "osc.listen[1]");
+        assert!(p.message.contains("\"nonsense\""), "{}", p.message);
+    }
+
+    #[test]
+    fn a_listen_address_given_twice_is_refused() {
+        assert_eq!(
+            problem(r#"listen = ["127.0.0.1:9000", "127.0.0.1:9000"]"#).key,
+            "osc.listen[1]"
+        );
+    }
+
+    #[test]
+    fn a_multicast_listen_address_is_refused() {
+        assert_eq!(problem(r#"listen = ["239.1.2.3:9000"]"#).key, "osc.listen[0]");
+    }
+
+    #[test]
+    fn a_bad_target_address_names_the_target() {
+        assert_eq!(problem("[targets]\ntd = \"127.0.0.1\"\n").key, "osc.targets.td");
+        assert_eq!(
+            problem("[targets]\ntd = { address = \"nohost:port\" }\n").key,
+            "osc.targets.td.address"
+        );
+        assert_eq!(problem("[targets]\ntd = \"127.0.0.1:0\"\n").key, "osc.targets.td");
+        assert_eq!(problem("[targets]\ntd = \"0.0.0.0:7000\"\n").key, "osc.targets.td");
+        assert_eq!(problem("[targets]\ntd = \"[::1]:7000\"\n").key, "osc.targets.td");
+    }
+
+    #[test]
+    fn a_broadcast_address_needs_the_switch() {
+        let p = problem("[targets]\nlan = \"192.168.1.255:7000\"\n");
+        assert_eq!(p.key, "osc.targets.lan");
+        assert!(p.message.contains("broadcast = true"), "{}", p.message);
+        let p = problem("[targets]\nall = { address = \"255.255.255.255:7000\" }\n");
+        assert_eq!(p.key, "osc.targets.all.address");
+    }
+
+    #[test]
+    fn limits_must_make_sense() {
+        assert_eq!(problem("max_packet_bytes = 8").key, "osc.max_packet_bytes");
+        assert_eq!(problem("max_packet_bytes = 70000").key, "osc.max_packet_bytes");
+        assert_eq!(problem("queue_size = 0").key, "osc.queue_size");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_the_mirror() {
+        assert!(toml::from_str::<RawOsc>("listn = []").is_err());
+        assert!(toml::from_str::<RawOsc>("[targets]\ntd = { adress = \"h:1\" }\n").is_err());
+        assert!(
+            toml::from_str::<RawOsc>("[targets]\ntd = { address = \"h:1\", broadcst = true }\n")
+                .is_err()
+        );
+    }
+}

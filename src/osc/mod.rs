@@ -1,0 +1,431 @@
+//! The OSC endpoint: UDP listeners that turn received packets into
+//! [`Message`]s on the inbound queue, and one send socket that maps queued
+//! [`OscOut`]s to OSC and sends them to the configured targets.
+//!
+//! - [`config`]: the `[osc]` table, raw and validated.
+//! - [`mapping`]: JSON ⇄ OSC arguments, pure.
+//! - `packet`: decoding received datagrams without trusting their nesting.
+//!
+//! Loop prevention: packets whose source is our own send socket are counted
+//! as `own_echoes` and ignored, so a target that is also one of our
+//! listeners cannot feed the bridge its own output.
+
+pub mod config;
+pub mod mapping;
+mod packet;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use rosc::OscPacket;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::message::{Body, Message, SourceKind};
+use crate::stats::{bump, worth_logging};
+
+pub use config::{OscConfig, OscTarget, RawOsc, RawOscTarget};
+pub use mapping::{
+    BoolStyle, MapError, NullStyle, NumberType, ObjectStyle, OscOutOptions, TriggerStyle, TypeTag,
+    args_to_json, from_osc, to_osc,
+};
+
+crate::stats::counters! {
+    /// Counters of the OSC endpoint.
+    pub struct OscStats {
+        /// Datagrams read from the listeners, whatever became of them.
+        packets_in,
+        /// Messages decoded from them (a bundle gives several).
+        messages_in,
+        /// Datagrams that were not OSC (or nested too deeply); dropped.
+        decode_errors,
+        /// Datagrams over `max_packet_bytes`; dropped.
+        oversized_packets,
+        /// Datagrams from our own send socket; ignored to prevent loops.
+        own_echoes,
+        /// Received messages dropped because the inbound queue was full.
+        inbound_queue_full,
+        /// Messages sent (one UDP datagram each).
+        messages_out,
+        /// Outgoing values that could not be mapped to OSC (or named no target).
+        map_errors,
+        /// Datagrams the socket refused to send.
+        send_errors,
+        /// Outgoing messages dropped because the send queue was full.
+        outbound_queue_full,
+    }
+}
+
+/// One message for a target, ready to map and send.
+#[derive(Debug, Clone)]
+pub struct OscOut {
+    /// Index into [`OscConfig::targets`].
+    pub target: usize,
+    /// The OSC address (for split objects, the prefix).
+    pub address: String,
+    pub body: Body,
+    /// The route's options, shared by every message the route sends.
+    pub options: Arc<OscOutOptions>,
+}
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OscError {
+    #[error("cannot bind OSC socket {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot set up the OSC send socket ({what}): {source}")]
+    Socket { what: &'static str, source: std::io::Error },
+}
+
+/// Starts the OSC endpoint.
+pub struct OscEndpoint;
+
+impl OscEndpoint {
+    /// Binds every listener and the send socket (bind errors name the
+    /// address), spawns the tasks, returns the handle. Tasks end when
+    /// `shutdown` is cancelled; received messages go to `inbound`.
+    pub async fn start(
+        config: &OscConfig,
+        inbound: mpsc::Sender<Message>,
+        shutdown: CancellationToken,
+    ) -> Result<OscHandle, OscError> {
+        // Bound to every interface so targets on other hosts are reachable.
+        let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+        let send_socket =
+            UdpSocket::bind(any).await.map_err(|source| OscError::Bind { addr: any, source })?;
+        let wants_broadcast = config.targets.iter().any(|target| target.broadcast);
+        if wants_broadcast {
+            send_socket
+                .set_broadcast(true)
+                .map_err(|source| OscError::Socket { what: "broadcast", source })?;
+        }
+        // Multicast to TouchDesigner and friends belongs on the local segment.
+        send_socket
+            .set_multicast_ttl_v4(1)
+            .map_err(|source| OscError::Socket { what: "multicast TTL", source })?;
+        let send_addr = send_socket
+            .local_addr()
+            .map_err(|source| OscError::Socket { what: "local address", source })?;
+
+        let mut listeners = Vec::with_capacity(config.listen.len());
+        let mut listen_addrs = Vec::with_capacity(config.listen.len());
+        for &addr in &config.listen {
+            let socket =
+                UdpSocket::bind(addr).await.map_err(|source| OscError::Bind { addr, source })?;
+            let bound = socket.local_addr().map_err(|source| OscError::Bind { addr, source })?;
+            listeners.push(socket);
+            listen_addrs.push(bound);
+        }
+
+        let stats = Arc::new(OscStats::default());
+        let own = Arc::new(OwnSender::new(send_addr, config, &listen_addrs));
+        let tasks = TaskTracker::new();
+        for (socket, addr) in listeners.into_iter().zip(&listen_addrs) {
+            let listener = Listener {
+                socket,
+                addr: *addr,
+                max_packet_bytes: config.max_packet_bytes,
+                own: Arc::clone(&own),
+                inbound: inbound.clone(),
+                stats: Arc::clone(&stats),
+            };
+            tasks.spawn(listener.run(shutdown.clone()));
+        }
+        let (queue, outgoing) = mpsc::channel(config.queue_size.max(1));
+        let sender = Sender {
+            socket: send_socket,
+            targets: config.targets.clone(),
+            outgoing,
+            stats: Arc::clone(&stats),
+        };
+        tasks.spawn(sender.run(shutdown));
+        tasks.close();
+        tracing::info!(
+            listen = ?listen_addrs,
+            %send_addr,
+            targets = config.targets.len(),
+            "OSC endpoint started"
+        );
+        Ok(OscHandle { inner: Arc::new(Inner { queue, listen_addrs, send_addr, stats, tasks }) })
+    }
+}
+
+/// The clonable handle to a running OSC endpoint.
+#[derive(Debug, Clone)]
+pub struct OscHandle {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    queue: mpsc::Sender<OscOut>,
+    listen_addrs: Vec<SocketAddr>,
+    send_addr: SocketAddr,
+    stats: Arc<OscStats>,
+    tasks: TaskTracker,
+}
+
+impl OscHandle {
+    /// Queues a message for the sender task without waiting. When the queue
+    /// is full (counted as `outbound_queue_full`) or the endpoint has shut
+    /// down, the message comes back in `Err`.
+    pub fn send(&self, out: OscOut) -> Result<(), OscOut> {
+        match self.inner.queue.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(out)) => {
+                let count = count(&self.inner.stats.outbound_queue_full);
+                if worth_logging(count) {
+                    tracing::warn!(count, "OSC send queue full; message dropped");
+                }
+                Err(out)
+            }
+            Err(TrySendError::Closed(out)) => Err(out),
+        }
+    }
+
+    /// The addresses the listeners are really bound to (port 0 resolved).
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.inner.listen_addrs
+    }
+
+    /// The local address of the send socket (`0.0.0.0:port`).
+    pub fn send_addr(&self) -> SocketAddr {
+        self.inner.send_addr
+    }
+
+    /// The endpoint's counters.
+    pub fn stats(&self) -> &OscStats {
+        &self.inner.stats
+    }
+
+    /// Resolves once every task of the endpoint has ended, which cancelling
+    /// `shutdown` brings about.
+    pub async fn stopped(&self) {
+        self.inner.tasks.wait().await;
+    }
+}
+
+/// Adds one and returns the new count, for rate-limited logs.
+fn count(counter: &AtomicU64) -> u64 {
+    bump(counter);
+    crate::stats::get(counter)
+}
+
+/// Recognises datagrams sent by our own send socket.
+///
+/// The socket is bound to `0.0.0.0`, so a datagram from it carries whichever
+/// local address the kernel picked for that destination. Those addresses are
+/// learned up front by asking the kernel which source it would use for each
+/// target and listener (a `connect` on a UDP socket sends nothing).
+#[derive(Debug)]
+struct OwnSender {
+    port: u16,
+    ips: Vec<IpAddr>,
+}
+
+impl OwnSender {
+    fn new(send_addr: SocketAddr, config: &OscConfig, listen_addrs: &[SocketAddr]) -> Self {
+        let mut ips = vec![send_addr.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        let destinations = config
+            .targets
+            .iter()
+            .map(|target| (target.address, target.broadcast))
+            .chain(listen_addrs.iter().map(|addr| (*addr, false)));
+        for (destination, broadcast) in destinations {
+            if !destination.is_ipv4() || destination.ip().is_unspecified() {
+                continue;
+            }
+            if let Some(ip) = source_ip_towards(destination, broadcast) {
+                if !ips.contains(&ip) {
+                    ips.push(ip);
+                }
+            }
+        }
+        OwnSender { port: send_addr.port(), ips }
+    }
+
+    fn is_own(&self, from: SocketAddr) -> bool {
+        // A dual-stack listener sees IPv4 senders as ::ffff:a.b.c.d.
+        from.port() == self.port && self.ips.contains(&from.ip().to_canonical())
+    }
+}
+
+fn source_ip_towards(destination: SocketAddr, broadcast: bool) -> Option<IpAddr> {
+    let probe = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    if broadcast {
+        probe.set_broadcast(true).ok()?;
+    }
+    probe.connect(destination).ok()?;
+    probe.local_addr().ok().map(|addr| addr.ip())
+}
+
+/// One listening socket's task.
+struct Listener {
+    socket: UdpSocket,
+    addr: SocketAddr,
+    max_packet_bytes: usize,
+    own: Arc<OwnSender>,
+    inbound: mpsc::Sender<Message>,
+    stats: Arc<OscStats>,
+}
+
+impl Listener {
+    async fn run(self, shutdown: CancellationToken) {
+        // Large enough for any UDP payload, so an oversized datagram is seen
+        // whole and measured rather than silently truncated.
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut messages = Vec::new();
+        let mut recv_errors = 0u64;
+        loop {
+            let received = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                received = self.socket.recv_from(&mut buf) => received,
+            };
+            let (len, from) = match received {
+                Ok(received) => received,
+                Err(err) => {
+                    recv_errors += 1;
+                    if worth_logging(recv_errors) {
+                        tracing::warn!(
+                            listen = %self.addr, %err, count = recv_errors,
+                            "OSC receive failed"
+                        );
+                    }
+                    // Keeps a socket error that repeats from spinning a core.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            bump(&self.stats.packets_in);
+            if self.own.is_own(from) {
+                bump(&self.stats.own_echoes);
+                tracing::debug!(listen = %self.addr, %from, "ignored our own packet");
+                continue;
+            }
+            if len > self.max_packet_bytes {
+                let count = count(&self.stats.oversized_packets);
+                if worth_logging(count) {
+                    tracing::warn!(
+                        listen = %self.addr, %from, bytes = len,
+                        limit = self.max_packet_bytes, count,
+                        "OSC packet over max_packet_bytes; dropped"
+                    );
+                }
+                continue;
+            }
+            let packet = match packet::decode(&buf[..len]) {
+                Ok(packet) => packet,
+                Err(err) => {
+                    let count = count(&self.stats.decode_errors);
+                    if worth_logging(count) {
+                        tracing::warn!(
+                            listen = %self.addr, %from, %err, count,
+                            "not an OSC packet; dropped"
+                        );
+                    }
+                    continue;
+                }
+            };
+            from_osc(packet, &mut messages);
+            for (address, args) in messages.drain(..) {
+                bump(&self.stats.messages_in);
+                let message = Message::value(SourceKind::Osc, address, args_to_json(&args));
+                match self.inbound.try_send(message) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(dropped)) => {
+                        let count = count(&self.stats.inbound_queue_full);
+                        if worth_logging(count) {
+                            tracing::warn!(
+                                listen = %self.addr, address = %dropped.name, count,
+                                "inbound queue full; OSC message dropped"
+                            );
+                        }
+                    }
+                    Err(TrySendError::Closed(_)) => return,
+                }
+            }
+        }
+    }
+}
+
+/// The send socket's task.
+struct Sender {
+    socket: UdpSocket,
+    targets: Vec<OscTarget>,
+    outgoing: mpsc::Receiver<OscOut>,
+    stats: Arc<OscStats>,
+}
+
+impl Sender {
+    async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let out = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                out = self.outgoing.recv() => match out {
+                    Some(out) => out,
+                    None => return,
+                },
+            };
+            self.send(out).await;
+        }
+    }
+
+    async fn send(&self, out: OscOut) {
+        let Some(target) = self.targets.get(out.target) else {
+            let count = count(&self.stats.map_errors);
+            if worth_logging(count) {
+                tracing::warn!(
+                    index = out.target, address = %out.address, count,
+                    "no such OSC target; message dropped"
+                );
+            }
+            return;
+        };
+        let messages = match to_osc(&out.address, &out.body, &out.options) {
+            Ok(messages) => messages,
+            Err(err) => {
+                let count = count(&self.stats.map_errors);
+                if worth_logging(count) {
+                    tracing::warn!(
+                        osc_target = %target.name, %err, count,
+                        "cannot map to OSC; message dropped"
+                    );
+                }
+                return;
+            }
+        };
+        for message in messages {
+            let bytes = match rosc::encoder::encode(&OscPacket::Message(message)) {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    let count = count(&self.stats.map_errors);
+                    if worth_logging(count) {
+                        tracing::warn!(
+                            osc_target = %target.name, %err, count,
+                            "cannot encode OSC; message dropped"
+                        );
+                    }
+                    continue;
+                }
+            };
+            match self.socket.send_to(&bytes, target.address).await {
+                Ok(_) => bump(&self.stats.messages_out),
+                Err(err) => {
+                    let count = count(&self.stats.send_errors);
+                    if worth_logging(count) {
+                        tracing::warn!(
+                            osc_target = %target.name, address = %target.address, %err, count,
+                            "OSC send failed"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
