@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`sc`]: the SocketCluster client (codec, session, connection, handle).
 //! - [`osc`]: OSC over UDP: listeners, targets, JSON ⇄ OSC mapping.
+//! - [`mqtt`]: the MQTT client: reconnects, queue, availability.
 //! - [`message`]: the neutral [`message::Message`] every endpoint speaks.
 //! - [`config`]: the TOML config, raw → validated, errors with key and line.
 //! - [`stats`]: named drop and traffic counters.
@@ -12,6 +13,7 @@
 pub mod app;
 pub mod config;
 pub mod message;
+pub mod mqtt;
 pub mod osc;
 pub mod sc;
 pub mod stats;

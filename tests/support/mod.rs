@@ -9,4 +9,5 @@
 
 #![allow(dead_code)]
 
+pub mod mosquitto;
 pub mod sc_peer;

@@ -1,0 +1,334 @@
+//! The two rumqttc clients (MQTT 3.1.1 at the crate root, MQTT 5 in
+//! `rumqttc::v5`) behind one small surface, so the endpoint's logic exists
+//! once: [`Client`] for requests, [`Connection`] for the event loop, and
+//! [`Event`] for the few things the endpoint reacts to.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use rumqttc::v5;
+
+use super::config::{MqttConfig, MqttProtocol};
+use super::{QoS, Subscription};
+
+/// A publish on its way to the broker, already encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Queued {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+impl From<QoS> for rumqttc::QoS {
+    fn from(qos: QoS) -> Self {
+        match qos {
+            QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,
+            QoS::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+            QoS::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+        }
+    }
+}
+
+impl From<rumqttc::QoS> for QoS {
+    fn from(qos: rumqttc::QoS) -> Self {
+        match qos {
+            rumqttc::QoS::AtMostOnce => QoS::AtMostOnce,
+            rumqttc::QoS::AtLeastOnce => QoS::AtLeastOnce,
+            rumqttc::QoS::ExactlyOnce => QoS::ExactlyOnce,
+        }
+    }
+}
+
+impl From<QoS> for v5::mqttbytes::QoS {
+    fn from(qos: QoS) -> Self {
+        match qos {
+            QoS::AtMostOnce => v5::mqttbytes::QoS::AtMostOnce,
+            QoS::AtLeastOnce => v5::mqttbytes::QoS::AtLeastOnce,
+            QoS::ExactlyOnce => v5::mqttbytes::QoS::ExactlyOnce,
+        }
+    }
+}
+
+impl From<v5::mqttbytes::QoS> for QoS {
+    fn from(qos: v5::mqttbytes::QoS) -> Self {
+        match qos {
+            v5::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+            v5::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+            v5::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+        }
+    }
+}
+
+fn queued_v311(request: rumqttc::Request) -> Option<Queued> {
+    match request {
+        rumqttc::Request::Publish(p) => Some(Queued {
+            topic: p.topic,
+            payload: p.payload.to_vec(),
+            qos: p.qos.into(),
+            retain: p.retain,
+        }),
+        _ => None,
+    }
+}
+
+fn queued_v5(request: v5::Request) -> Option<Queued> {
+    match request {
+        v5::Request::Publish(p) => Some(Queued {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload.to_vec(),
+            qos: p.qos.into(),
+            retain: p.retain,
+        }),
+        _ => None,
+    }
+}
+
+/// The request side: cheap to clone, never awaits. Every call only puts a
+/// request into rumqttc's bounded channel, which the event loop drains.
+#[derive(Clone)]
+pub(crate) enum Client {
+    V311(rumqttc::AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+impl Client {
+    /// Hands `publish` to the event loop. `Err` gives it back when the
+    /// request channel is full (`None` only if rumqttc returned something
+    /// other than the publish, which it does not).
+    pub fn try_publish(&self, publish: Queued) -> Result<(), Option<Queued>> {
+        let Queued { topic, payload, qos, retain } = publish;
+        match self {
+            Client::V311(client) => {
+                client.try_publish(topic, qos.into(), retain, payload).map_err(|e| match e {
+                    rumqttc::ClientError::Request(r) | rumqttc::ClientError::TryRequest(r) => {
+                        queued_v311(r)
+                    }
+                })
+            }
+            Client::V5(client) => {
+                client.try_publish(topic, qos.into(), retain, payload).map_err(|e| match e {
+                    v5::ClientError::Request(r) | v5::ClientError::TryRequest(r) => queued_v5(r),
+                })
+            }
+        }
+    }
+
+    /// One SUBSCRIBE for every filter. On MQTT 5 each filter has No Local
+    /// set, so the broker never sends our own publishes back; shared
+    /// subscriptions (`$share/...`) cannot carry it, the protocol forbids it.
+    pub fn try_subscribe(&self, subscriptions: &[Subscription]) -> bool {
+        match self {
+            Client::V311(client) => client
+                .try_subscribe_many(
+                    subscriptions
+                        .iter()
+                        .map(|s| rumqttc::SubscribeFilter::new(s.filter.clone(), s.qos.into())),
+                )
+                .is_ok(),
+            Client::V5(client) => client
+                .try_subscribe_many(subscriptions.iter().map(|s| {
+                    let mut filter = v5::mqttbytes::v5::Filter::new(s.filter.clone(), s.qos.into());
+                    filter.nolocal = !s.filter.starts_with("$share/");
+                    filter
+                }))
+                .is_ok(),
+        }
+    }
+
+    pub fn try_disconnect(&self) -> bool {
+        match self {
+            Client::V311(client) => client.try_disconnect().is_ok(),
+            Client::V5(client) => client.try_disconnect().is_ok(),
+        }
+    }
+}
+
+/// An incoming PUBLISH of either protocol.
+pub(crate) enum IncomingPublish {
+    V311(rumqttc::Publish),
+    V5(v5::mqttbytes::v5::Publish),
+}
+
+impl IncomingPublish {
+    pub fn topic(&self) -> Cow<'_, str> {
+        match self {
+            IncomingPublish::V311(p) => Cow::Borrowed(&p.topic),
+            IncomingPublish::V5(p) => String::from_utf8_lossy(&p.topic),
+        }
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        match self {
+            IncomingPublish::V311(p) => &p.payload,
+            IncomingPublish::V5(p) => &p.payload,
+        }
+    }
+}
+
+/// What the endpoint reacts to; everything else is [`Event::Other`].
+pub(crate) enum Event {
+    /// The broker accepted the connection (a new one after every loss).
+    ConnAck,
+    Publish(IncomingPublish),
+    /// The answer to our SUBSCRIBE: the positions of the refused filters.
+    SubAck {
+        refused: Vec<usize>,
+    },
+    /// Anything else: acks, pings, outgoing progress.
+    Other,
+}
+
+/// The event loop of either protocol. Only the endpoint's driver task owns it.
+pub(crate) enum Connection {
+    V311(Box<rumqttc::EventLoop>),
+    V5(Box<v5::EventLoop>),
+}
+
+impl Connection {
+    /// The next event; after an `Err` the next call reconnects (with no
+    /// delay of its own, so the caller waits first).
+    pub async fn poll(&mut self) -> Result<Event, String> {
+        match self {
+            Connection::V311(eventloop) => {
+                use rumqttc::{Event as E, Packet};
+                Ok(match eventloop.poll().await.map_err(|e| e.to_string())? {
+                    E::Incoming(Packet::ConnAck(_)) => Event::ConnAck,
+                    E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V311(p)),
+                    E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
+                        refused: ack
+                            .return_codes
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, code)| {
+                                !matches!(code, rumqttc::SubscribeReasonCode::Success(_))
+                            })
+                            .map(|(index, _)| index)
+                            .collect(),
+                    },
+                    _ => Event::Other,
+                })
+            }
+            Connection::V5(eventloop) => {
+                use v5::Event as E;
+                use v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
+                Ok(match eventloop.poll().await.map_err(|e| e.to_string())? {
+                    E::Incoming(Packet::ConnAck(_)) => Event::ConnAck,
+                    E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V5(p)),
+                    E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
+                        refused: ack
+                            .return_codes
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, code)| !matches!(code, SubscribeReasonCode::Success(_)))
+                            .map(|(index, _)| index)
+                            .collect(),
+                    },
+                    _ => Event::Other,
+                })
+            }
+        }
+    }
+
+    /// Takes the publishes rumqttc set aside when the connection broke
+    /// (unacknowledged ones and those still in its request channel). It
+    /// would drop them on a reconnect without a stored session, so the
+    /// endpoint queues them again itself. Other requests (subscribes, acks)
+    /// are dropped: the endpoint renews them after every CONNACK.
+    pub fn take_unsent(&mut self) -> Vec<Queued> {
+        match self {
+            Connection::V311(eventloop) => {
+                eventloop.pending.drain(..).filter_map(queued_v311).collect()
+            }
+            Connection::V5(eventloop) => {
+                eventloop.pending.drain(..).filter_map(queued_v5).collect()
+            }
+        }
+    }
+
+    /// Replaces the credentials used by the next connection attempt.
+    pub fn set_credentials(&mut self, username: &str, password: &str) {
+        match self {
+            Connection::V311(eventloop) => {
+                eventloop.mqtt_options.set_credentials(username, password);
+            }
+            Connection::V5(eventloop) => {
+                eventloop.options.set_credentials(username, password);
+            }
+        }
+    }
+}
+
+/// Everything rumqttc needs besides the validated config.
+pub(crate) struct Setup {
+    pub tls: Option<rustls::ClientConfig>,
+    pub password: Option<String>,
+    /// The request channel's capacity.
+    pub capacity: usize,
+    /// rumqttc's own packet limit, above the endpoint's `max_packet_bytes`.
+    pub hard_packet_limit: usize,
+}
+
+/// Builds the client and its event loop; nothing connects until the event
+/// loop is polled.
+pub(crate) fn build(config: &MqttConfig, setup: Setup) -> (Client, Connection) {
+    let transport = setup.tls.map(|tls| {
+        rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls)))
+    });
+    let password = setup.password.unwrap_or_default();
+    match config.protocol {
+        MqttProtocol::V311 => {
+            let mut options =
+                rumqttc::MqttOptions::new(&config.client_id, &config.host, config.port);
+            options
+                .set_keep_alive(config.keepalive)
+                .set_clean_session(config.clean_session)
+                .set_max_packet_size(setup.hard_packet_limit, setup.hard_packet_limit)
+                .set_request_channel_capacity(setup.capacity);
+            if let Some(username) = &config.username {
+                options.set_credentials(username, password);
+            }
+            if let Some(topic) = &config.availability_topic {
+                options.set_last_will(rumqttc::LastWill::new(
+                    topic,
+                    super::OFFLINE,
+                    rumqttc::QoS::AtLeastOnce,
+                    true,
+                ));
+            }
+            if let Some(transport) = transport {
+                options.set_transport(transport);
+            }
+            let (client, eventloop) = rumqttc::AsyncClient::new(options, setup.capacity);
+            (Client::V311(client), Connection::V311(Box::new(eventloop)))
+        }
+        MqttProtocol::V5 => {
+            let mut options = v5::MqttOptions::new(&config.client_id, &config.host, config.port);
+            // The limit goes to the broker in CONNECT, so it drops larger
+            // messages for us instead of ending the connection over them.
+            let limit = u32::try_from(setup.hard_packet_limit).unwrap_or(u32::MAX);
+            options
+                .set_keep_alive(config.keepalive)
+                .set_clean_start(config.clean_session)
+                .set_max_packet_size(Some(limit))
+                .set_request_channel_capacity(setup.capacity);
+            if let Some(username) = &config.username {
+                options.set_credentials(username, password);
+            }
+            if let Some(topic) = &config.availability_topic {
+                options.set_last_will(v5::mqttbytes::v5::LastWill::new(
+                    topic,
+                    super::OFFLINE,
+                    v5::mqttbytes::QoS::AtLeastOnce,
+                    true,
+                    None,
+                ));
+            }
+            if let Some(transport) = transport {
+                options.set_transport(transport);
+            }
+            let (client, eventloop) = v5::AsyncClient::new(options, setup.capacity);
+            (Client::V5(client), Connection::V5(Box::new(eventloop)))
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! The endpoint's two tasks and what they share.
+//!
+//! - The driver owns the rumqttc event loop and is the only one to poll it:
+//!   it waits between attempts (rumqttc retries at once), renews the
+//!   subscriptions and `online` after every CONNACK, flushes the offline
+//!   queue, and turns incoming publishes into messages.
+//! - The outgoing task takes [`MqttOut`]s from the router, encodes them and
+//!   publishes or queues them.
+//!
+//! Neither awaits the rumqttc client: every request is a `try_*` into its
+//! bounded channel, so a full channel never blocks the task that would have
+//! to drain it.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::config::{MQTT_MAX_PACKET_BYTES, MqttConfig, MqttProtocol, Password, valid_filter};
+use super::outbox::{Outbox, Submitted};
+use super::protocol::{self, Client, Connection, Event, IncomingPublish, Queued, Setup};
+use super::{
+    MqttError, MqttLinkState, MqttOut, MqttStats, OFFLINE, ONLINE, QoS, Subscription, count,
+    payload,
+};
+use crate::message::{Message, SourceKind};
+use crate::sc::backoff::{Backoff, ReconnectPolicy};
+
+/// rumqttc ends the connection over a packet above its own limit; above
+/// `max_packet_bytes` and up to this the endpoint counts and drops instead.
+const HARD_PACKET_FLOOR: usize = 16 * 1024 * 1024;
+
+/// The smallest request channel for rumqttc; it holds a SUBSCRIBE, the
+/// availability publish and a whole flushed offline queue at once.
+const MIN_REQUEST_CAPACITY: usize = 1024;
+
+/// The fixed header, topic length, packet id and MQTT 5 property length
+/// around a topic and payload, at their largest.
+const PUBLISH_OVERHEAD: usize = 1 + 4 + 2 + 2 + 1;
+
+fn packet_size(topic: &str, payload: &[u8]) -> usize {
+    PUBLISH_OVERHEAD + topic.len() + payload.len()
+}
+
+/// Cancellation points shared by the handle and the two tasks.
+#[derive(Clone)]
+pub(crate) struct Tokens {
+    /// Stop now (the caller's shutdown token, or the end of the grace time).
+    pub stop: CancellationToken,
+    /// `shutdown()` was called.
+    pub closing: CancellationToken,
+    /// The outgoing task handed over everything it had, and the final
+    /// `offline` + DISCONNECT if connected.
+    pub drained: CancellationToken,
+    /// The driver has ended.
+    pub finished: CancellationToken,
+}
+
+/// What the tasks need besides the config.
+pub(crate) struct Start {
+    pub tls: Option<rustls::ClientConfig>,
+    pub password: Option<String>,
+    pub subscriptions: Vec<Subscription>,
+    pub inbound: mpsc::Sender<Message>,
+    pub outbound: mpsc::Receiver<MqttOut>,
+    pub link: watch::Sender<MqttLinkState>,
+}
+
+/// Refuses, before anything starts, what would make rumqttc panic or what
+/// the broker would refuse on every attempt.
+pub(crate) fn check(config: &MqttConfig, subscriptions: &[Subscription]) -> Result<(), MqttError> {
+    if let Some(bad) = subscriptions.iter().find(|s| !valid_filter(&s.filter)) {
+        return Err(MqttError::InvalidFilter(bad.filter.clone()));
+    }
+    let keepalive = config.keepalive;
+    let keepalive_ok = match config.protocol {
+        MqttProtocol::V311 => keepalive.is_zero() || keepalive >= Duration::from_secs(1),
+        MqttProtocol::V5 => keepalive >= Duration::from_secs(5),
+    } && keepalive.as_secs() <= u64::from(u16::MAX);
+    if !keepalive_ok {
+        return Err(MqttError::Invalid(format!(
+            "keepalive {keepalive:?} is out of range for protocol {:?}",
+            config.protocol
+        )));
+    }
+    if config.client_id.is_empty() {
+        return Err(MqttError::Invalid("the client id is empty".into()));
+    }
+    if config.queue_size == 0 {
+        return Err(MqttError::Invalid("queue_size must be at least 1".into()));
+    }
+    if config.reconnect_delay.is_zero() {
+        return Err(MqttError::Invalid("the reconnect delay must not be zero".into()));
+    }
+    Ok(())
+}
+
+/// The password, read from its file if it has one (trailing newline removed).
+pub(crate) fn read_password(config: &MqttConfig) -> Result<Option<String>, MqttError> {
+    match &config.password {
+        None => Ok(None),
+        Some(Password::Inline(secret)) => Ok(Some(secret.0.clone())),
+        Some(Password::File(path)) => std::fs::read_to_string(path)
+            .map(|text| Some(text.trim_end_matches(['\r', '\n']).to_owned()))
+            .map_err(|source| MqttError::ReadFile { path: path.clone(), source }),
+    }
+}
+
+/// Starts the driver and the outgoing task.
+pub(crate) fn spawn(config: MqttConfig, start: Start, stats: Arc<MqttStats>, tokens: Tokens) {
+    let Start { tls, password, subscriptions, inbound, outbound, link } = start;
+    let hard_packet_limit = config
+        .max_packet_bytes
+        .saturating_add(1024)
+        .clamp(HARD_PACKET_FLOOR, MQTT_MAX_PACKET_BYTES);
+    let capacity = config.queue_size.saturating_add(16).max(MIN_REQUEST_CAPACITY);
+    let (client, connection) =
+        protocol::build(&config, Setup { tls, password, capacity, hard_packet_limit });
+    let shared = Arc::new(Shared {
+        client,
+        outbox: Mutex::new(Outbox::new(config.queue_size, config.protocol == MqttProtocol::V311)),
+        stats,
+        availability: config.availability_topic.clone(),
+        max_packet_bytes: config.max_packet_bytes,
+    });
+    tokio::spawn(outgoing(outbound, shared.clone(), tokens.clone()));
+    let driver = Driver {
+        connection,
+        shared,
+        subscriptions,
+        inbound,
+        link,
+        backoff: Backoff::new(ReconnectPolicy {
+            delay: config.reconnect_delay,
+            multiplier: 2.0,
+            jitter: 0.0,
+            max_delay: config.reconnect_max_delay.max(config.reconnect_delay),
+        }),
+        broker: format!("{}:{}", config.host, config.port),
+        config,
+        tokens,
+    };
+    tokio::spawn(driver.run());
+}
+
+/// What both tasks use.
+struct Shared {
+    client: Client,
+    outbox: Mutex<Outbox>,
+    stats: Arc<MqttStats>,
+    availability: Option<String>,
+    max_packet_bytes: usize,
+}
+
+impl Shared {
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        // The outbox holds no invariant a panic elsewhere could break
+        // halfway, so a poisoned lock is still usable.
+        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Encodes a message from the router and publishes or queues it.
+    fn submit(&self, out: MqttOut) {
+        if !super::config::valid_topic(&out.topic) {
+            if let Some(count) = count(&self.stats.publish_errors) {
+                tracing::warn!(count, topic = %out.topic, "MQTT message to an invalid topic dropped");
+            }
+            return;
+        }
+        let payload = payload::encode(&out.body, out.format);
+        let size = packet_size(&out.topic, &payload);
+        if size > self.max_packet_bytes {
+            if let Some(count) = count(&self.stats.oversized_out) {
+                tracing::warn!(
+                    count,
+                    topic = %out.topic,
+                    size,
+                    max = self.max_packet_bytes,
+                    "MQTT message over max_packet_bytes not sent"
+                );
+            }
+            return;
+        }
+        let message = Queued { topic: out.topic, payload, qos: out.qos, retain: out.retain };
+        let mut outbox = self.outbox();
+        let outcome = outbox.submit(message, Instant::now(), &mut |m| self.client.try_publish(m));
+        match outcome {
+            Submitted::Published => crate::stats::bump(&self.stats.messages_out),
+            Submitted::Queued { dropped_oldest } => self.overflowed(dropped_oldest),
+            Submitted::Lost => self.lost(1),
+        }
+    }
+
+    /// Hands the offline queue to rumqttc, as far as it takes it.
+    fn flush(&self, outbox: &mut Outbox) {
+        if outbox.queued() == 0 || !outbox.connected {
+            return;
+        }
+        let (sent, lost) = outbox.flush(Instant::now(), &mut |m| self.client.try_publish(m));
+        for _ in 0..sent {
+            crate::stats::bump(&self.stats.messages_out);
+        }
+        self.lost(lost);
+    }
+
+    /// Publishes an availability payload, retained, outside the queue: it
+    /// only makes sense on the connection it is sent on.
+    fn announce(&self, outbox: &mut Outbox, payload: &str) {
+        if let Some(topic) = &self.availability {
+            let message = Queued {
+                topic: topic.clone(),
+                payload: payload.as_bytes().to_vec(),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+            };
+            if outbox.publish(message, Instant::now(), &mut |m| self.client.try_publish(m)).is_err()
+            {
+                tracing::warn!(%topic, payload, "MQTT availability could not be queued");
+            }
+        }
+    }
+
+    /// `offline` and DISCONNECT, once, on a live connection.
+    fn close(&self, outbox: &mut Outbox) {
+        if outbox.close_sent || !outbox.connected {
+            return;
+        }
+        self.announce(outbox, OFFLINE);
+        if !self.client.try_disconnect() {
+            tracing::warn!(
+                "MQTT DISCONNECT could not be queued; the broker will see the connection drop"
+            );
+        }
+        outbox.close_sent = true;
+    }
+
+    fn overflowed(&self, dropped: usize) {
+        for _ in 0..dropped {
+            if let Some(count) = count(&self.stats.offline_queue_overflow) {
+                tracing::warn!(count, "MQTT offline queue full: oldest message dropped");
+            }
+        }
+    }
+
+    fn lost(&self, lost: usize) {
+        for _ in 0..lost {
+            if let Some(count) = count(&self.stats.publish_errors) {
+                tracing::warn!(count, "MQTT client refused a publish without giving it back");
+            }
+        }
+    }
+}
+
+/// Takes messages from the router until shutdown; then hands over what is
+/// left and asks for the clean close.
+async fn outgoing(mut outbound: mpsc::Receiver<MqttOut>, shared: Arc<Shared>, tokens: Tokens) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = tokens.stop.cancelled() => return,
+            _ = tokens.closing.cancelled() => break,
+            out = outbound.recv() => match out {
+                Some(out) => shared.submit(out),
+                // Every handle is gone; incoming traffic still flows until
+                // the shutdown token stops the driver.
+                None => return,
+            },
+        }
+    }
+    // Refuse new messages first, so the ones already accepted are all
+    // published ahead of `offline`.
+    outbound.close();
+    while let Ok(out) = outbound.try_recv() {
+        shared.submit(out);
+    }
+    {
+        let mut outbox = shared.outbox();
+        outbox.closing = true;
+        shared.close(&mut outbox);
+    }
+    tokens.drained.cancel();
+}
+
+/// The task that polls the connection.
+struct Driver {
+    connection: Connection,
+    shared: Arc<Shared>,
+    subscriptions: Vec<Subscription>,
+    inbound: mpsc::Sender<Message>,
+    link: watch::Sender<MqttLinkState>,
+    backoff: Backoff,
+    broker: String,
+    config: MqttConfig,
+    tokens: Tokens,
+}
+
+/// What the driver does after one step.
+enum Next {
+    Continue,
+    Stop,
+}
+
+impl Driver {
+    async fn run(self) {
+        // Marks the end even on a panic, and only once `drive` has dropped
+        // the connection (and with it the socket).
+        let _finished = self.tokens.finished.clone().drop_guard();
+        self.drive().await;
+    }
+
+    async fn drive(mut self) {
+        let mut connected = false;
+        let mut awaiting_suback = false;
+        loop {
+            let polled = tokio::select! {
+                biased;
+                _ = self.tokens.stop.cancelled() => break,
+                _ = self.tokens.drained.cancelled(), if !connected => break,
+                polled = self.connection.poll() => polled,
+            };
+            let next = match polled {
+                Ok(Event::ConnAck) => {
+                    connected = true;
+                    awaiting_suback = self.on_connack();
+                    Next::Continue
+                }
+                Ok(Event::SubAck { refused }) if awaiting_suback => {
+                    awaiting_suback = false;
+                    self.on_suback(&refused);
+                    Next::Continue
+                }
+                Ok(Event::Publish(publish)) => {
+                    self.on_publish(&publish);
+                    Next::Continue
+                }
+                // After our DISCONNECT the loop goes on until the broker
+                // closes the connection: closing our end first can reset it
+                // before the broker has read the DISCONNECT, and the broker
+                // would then publish the last will after all.
+                Ok(Event::SubAck { .. } | Event::Other) => Next::Continue,
+                Err(reason) => {
+                    let was_connected = std::mem::replace(&mut connected, false);
+                    awaiting_suback = false;
+                    self.on_error(reason, was_connected).await
+                }
+            };
+            if let Next::Stop = next {
+                break;
+            }
+            if connected {
+                // rumqttc may have refused part of the queue while its
+                // channel was full; every event means it drained some.
+                let mut outbox = self.shared.outbox();
+                self.shared.flush(&mut outbox);
+            }
+        }
+        let left = self.shared.outbox().queued();
+        if left > 0 {
+            tracing::warn!(
+                broker = %self.broker,
+                messages = left,
+                "MQTT endpoint stopped with messages still queued: dropped"
+            );
+        }
+        self.link.send_replace(MqttLinkState::Disconnected {
+            reason: "shut down".into(),
+            retry_in: Duration::ZERO,
+        });
+        tracing::info!(broker = %self.broker, "MQTT endpoint stopped");
+    }
+
+    /// Renews the session: subscriptions, `online`, then the offline queue,
+    /// in that order. Returns whether a SUBACK is awaited.
+    fn on_connack(&mut self) -> bool {
+        self.backoff.reset();
+        crate::stats::bump(&self.shared.stats.connections);
+        tracing::info!(broker = %self.broker, client_id = %self.config.client_id, "MQTT connected");
+        let mut outbox = self.shared.outbox();
+        outbox.connected = true;
+        if outbox.closing {
+            self.shared.close(&mut outbox);
+            return false;
+        }
+        let mut awaiting_suback = false;
+        if !self.subscriptions.is_empty() {
+            awaiting_suback = self.shared.client.try_subscribe(&self.subscriptions);
+            if !awaiting_suback {
+                crate::stats::bump(&self.shared.stats.subscribe_failures);
+                tracing::warn!(broker = %self.broker, "MQTT SUBSCRIBE could not be queued");
+            }
+        }
+        self.shared.announce(&mut outbox, ONLINE);
+        self.shared.flush(&mut outbox);
+        drop(outbox);
+        if !awaiting_suback {
+            self.link.send_replace(MqttLinkState::Connected);
+        }
+        awaiting_suback
+    }
+
+    fn on_suback(&mut self, refused: &[usize]) {
+        for &index in refused {
+            crate::stats::bump(&self.shared.stats.subscribe_failures);
+            let filter = self.subscriptions.get(index).map_or("?", |s| s.filter.as_str());
+            tracing::warn!(broker = %self.broker, filter, "MQTT broker refused the subscription");
+        }
+        self.link.send_replace(MqttLinkState::Connected);
+    }
+
+    fn on_publish(&mut self, publish: &IncomingPublish) {
+        let stats = &self.shared.stats;
+        let topic = publish.topic();
+        let payload = publish.payload();
+        let size = packet_size(&topic, payload);
+        if size > self.shared.max_packet_bytes {
+            if let Some(count) = count(&stats.oversized_in) {
+                tracing::warn!(
+                    count,
+                    %topic,
+                    size,
+                    max = self.shared.max_packet_bytes,
+                    "MQTT message over max_packet_bytes dropped"
+                );
+            }
+            return;
+        }
+        if self.shared.outbox().take_echo(&topic, payload, Instant::now()) {
+            crate::stats::bump(&stats.own_echoes);
+            return;
+        }
+        crate::stats::bump(&stats.messages_in);
+        let message = Message::value(SourceKind::Mqtt, topic.as_ref(), payload::decode(payload));
+        match self.inbound.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                if let Some(count) = count(&stats.inbound_queue_full) {
+                    tracing::warn!(count, topic = %message.name, "inbound queue full: MQTT message dropped");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("no consumer for incoming MQTT messages");
+            }
+        }
+    }
+
+    /// After a failed attempt or a lost connection: takes back what rumqttc
+    /// had not delivered, then waits before the next attempt.
+    async fn on_error(&mut self, reason: String, was_connected: bool) -> Next {
+        let closing = {
+            let mut outbox = self.shared.outbox();
+            outbox.connected = false;
+            let mut unsent = self.connection.take_unsent();
+            // Availability belongs to the connection it was sent on; the
+            // next CONNACK sends a fresh `online`.
+            unsent.retain(|m| Some(&m.topic) != self.shared.availability.as_ref());
+            let dropped = outbox.requeue_front(unsent);
+            self.shared.overflowed(dropped);
+            outbox.closing
+        };
+        if closing || self.tokens.drained.is_cancelled() {
+            return Next::Stop;
+        }
+        let retry_in = self.backoff.next_delay();
+        if was_connected {
+            tracing::warn!(broker = %self.broker, %reason, ?retry_in, "MQTT connection lost");
+        } else if let Some(count) = count(&self.shared.stats.connect_failures) {
+            tracing::warn!(broker = %self.broker, %reason, ?retry_in, count, "MQTT connection failed");
+        }
+        self.link.send_replace(MqttLinkState::Disconnected { reason, retry_in });
+        tokio::select! {
+            biased;
+            _ = self.tokens.stop.cancelled() => return Next::Stop,
+            _ = self.tokens.drained.cancelled() => return Next::Stop,
+            _ = tokio::time::sleep(retry_in) => {}
+        }
+        self.refresh_password();
+        self.link.send_replace(MqttLinkState::Connecting);
+        Next::Continue
+    }
+
+    /// A password file is read again before each attempt, so a rotated
+    /// secret is picked up without a restart.
+    fn refresh_password(&mut self) {
+        if !matches!(self.config.password, Some(Password::File(_))) {
+            return;
+        }
+        let Some(username) = self.config.username.clone() else { return };
+        match read_password(&self.config) {
+            Ok(Some(password)) => self.connection.set_credentials(&username, &password),
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the MQTT password file; keeping the password we had");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_packet_estimate_covers_the_headers() {
+        assert_eq!(packet_size("a/b", b"12345"), 3 + 5 + PUBLISH_OVERHEAD);
+    }
+
+    #[test]
+    fn a_password_file_loses_its_trailing_newline() {
+        let path =
+            std::env::temp_dir().join(format!("scbridge-mqtt-pw-{}.txt", std::process::id()));
+        std::fs::write(&path, "s3cret\n").expect("write temp file");
+        let mut config = MqttConfig::new("h", 1883);
+        config.username = Some("u".into());
+        config.password = Some(Password::File(path.clone()));
+        let password = read_password(&config);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(password.expect("readable").as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn a_missing_password_file_is_a_setup_error() {
+        let mut config = MqttConfig::new("h", 1883);
+        config.username = Some("u".into());
+        config.password = Some(Password::File("/nonexistent/pw".into()));
+        assert!(matches!(read_password(&config), Err(MqttError::ReadFile { .. })));
+    }
+}

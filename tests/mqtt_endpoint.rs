@@ -1,0 +1,482 @@
+//! The MQTT endpoint against a real Mosquitto broker on a loopback port
+//! chosen at run time, over MQTT 3.1.1 and MQTT 5.
+
+mod support;
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use scbridge::message::{Body, Message, SourceKind};
+use scbridge::mqtt::{
+    MqttConfig, MqttEndpoint, MqttHandle, MqttLinkState, MqttOut, MqttProtocol, MqttStats,
+    PayloadFormat, QoS, Subscription,
+};
+use serde_json::{Value, json};
+use support::mosquitto::{self, Mosquitto, Received};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A generous bound for anything that should happen promptly on loopback.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// How long "nothing more arrives" is watched for.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// Settings for a bridge on `broker`, with a client id of its own and short
+/// reconnect delays.
+fn config(broker: &Mosquitto, protocol: MqttProtocol, name: &str) -> MqttConfig {
+    let id = format!("bridge-{name}-{}", std::process::id());
+    let mut config = MqttConfig::new("127.0.0.1", broker.port()).with_client_id(id);
+    config.protocol = protocol;
+    config.keepalive = Duration::from_secs(5);
+    config.reconnect_delay = Duration::from_millis(100);
+    config.reconnect_max_delay = Duration::from_millis(400);
+    config
+}
+
+/// A running endpoint and the channel its incoming messages arrive on.
+struct Bridge {
+    handle: MqttHandle,
+    inbound: mpsc::Receiver<Message>,
+    stop: CancellationToken,
+    availability: String,
+}
+
+impl Bridge {
+    fn start(config: MqttConfig, filters: &[&str]) -> Bridge {
+        let availability = config.availability_topic.clone().unwrap_or_default();
+        let (tx, inbound) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        let subscriptions = filters
+            .iter()
+            .map(|f| Subscription { filter: (*f).to_owned(), qos: QoS::AtLeastOnce })
+            .collect();
+        let handle = MqttEndpoint::start(config, subscriptions, tx, stop.clone())
+            .expect("the endpoint starts");
+        Bridge { handle, inbound, stop, availability }
+    }
+
+    async fn state(&self, wanted: impl Fn(&MqttLinkState) -> bool) -> MqttLinkState {
+        let mut states = self.handle.link_state();
+        let reached = match tokio::time::timeout(WAIT, states.wait_for(|s| wanted(s))).await {
+            Ok(state) => Some(state.expect("the endpoint is alive").clone()),
+            Err(_) => None,
+        };
+        reached.unwrap_or_else(|| panic!("link state not reached; now {:?}", *states.borrow()))
+    }
+
+    async fn connected(&self) {
+        self.state(|s| *s == MqttLinkState::Connected).await;
+    }
+
+    async fn disconnected(&self) -> MqttLinkState {
+        self.state(|s| matches!(s, MqttLinkState::Disconnected { .. })).await
+    }
+
+    async fn send(&self, topic: &str, body: Body, retain: bool) {
+        let mut out = MqttOut {
+            topic: topic.into(),
+            body,
+            qos: QoS::AtLeastOnce,
+            retain,
+            format: PayloadFormat::Auto,
+        };
+        // The outbound channel is as small as the queue; a full one hands
+        // the message back, so give the endpoint a moment and try again.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.handle.send(out) {
+                Ok(()) => return,
+                Err(back) if Instant::now() < deadline => out = back,
+                Err(back) => panic!("the endpoint never took {back:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    async fn next_inbound(&mut self) -> Message {
+        tokio::time::timeout(WAIT, self.inbound.recv())
+            .await
+            .expect("an inbound message within the wait")
+            .expect("the endpoint is alive")
+    }
+
+    fn stat(&self, counter: impl Fn(&MqttStats) -> &AtomicU64) -> u64 {
+        scbridge::stats::get(counter(self.handle.stats()))
+    }
+
+    async fn stat_reaches(&self, counter: impl Fn(&MqttStats) -> &AtomicU64, value: u64) {
+        let reached = tokio::time::timeout(WAIT, async {
+            while self.stat(&counter) < value {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(reached.is_ok(), "counter stayed at {} (wanted {value})", self.stat(&counter));
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn received(topic: &str, payload: &str, retain: bool) -> Received {
+    Received { topic: topic.into(), payload: payload.as_bytes().to_vec(), retain }
+}
+
+fn mqtt(topic: &str, value: Value) -> Message {
+    Message::value(SourceKind::Mqtt, topic, value)
+}
+
+async fn outgoing_payloads(protocol: MqttProtocol) {
+    let broker = Mosquitto::start().await;
+    let bridge = Bridge::start(config(&broker, protocol, "out"), &[]);
+    bridge.connected().await;
+    let mut watcher = mosquitto::subscribe(broker.port(), "out/#").await;
+
+    bridge.send("out/state", Body::Value(json!({"a": 1, "b": [true, null]})), true).await;
+    bridge.send("out/level", Body::Value(json!(12.5)), false).await;
+    bridge.send("out/name", Body::Value(json!("hello world")), false).await;
+    bridge.send("out/enabled", Body::Value(json!(true)), false).await;
+    // A trigger route that wants the name on the wire hands it as a string.
+    bridge.send("out/fired", Body::Value(json!("fired")), false).await;
+    bridge.send("out/pulse", Body::Trigger, false).await;
+
+    assert_eq!(
+        watcher.next_message(WAIT).await,
+        received("out/state", r#"{"a":1,"b":[true,null]}"#, true)
+    );
+    assert_eq!(watcher.next_message(WAIT).await, received("out/level", "12.5", false));
+    assert_eq!(watcher.next_message(WAIT).await, received("out/name", "hello world", false));
+    assert_eq!(watcher.next_message(WAIT).await, received("out/enabled", "true", false));
+    assert_eq!(watcher.next_message(WAIT).await, received("out/fired", "fired", false));
+    assert_eq!(watcher.next_message(WAIT).await, received("out/pulse", "", false));
+
+    let mut late = mosquitto::subscribe(broker.port(), "out/#").await;
+    assert_eq!(
+        late.next_message(WAIT).await,
+        received("out/state", r#"{"a":1,"b":[true,null]}"#, true),
+        "only the retained state stays on the broker"
+    );
+    late.expect_nothing(QUIET).await;
+    assert_eq!(bridge.stat(|s| &s.messages_out), 6);
+}
+
+/// An object goes out as JSON text, scalars as plain text, retain only where
+/// asked, and a trigger's string as a non-retained payload (MQTT 3.1.1).
+#[tokio::test]
+async fn objects_go_out_as_json_and_scalars_as_plain_text_with_retain_honoured_over_3_1_1() {
+    outgoing_payloads(MqttProtocol::V311).await;
+}
+
+/// The same over MQTT 5.
+#[tokio::test]
+async fn objects_go_out_as_json_and_scalars_as_plain_text_with_retain_honoured_over_5() {
+    outgoing_payloads(MqttProtocol::V5).await;
+}
+
+async fn incoming_on_filters(protocol: MqttProtocol) {
+    let broker = Mosquitto::start().await;
+    let mut bridge = Bridge::start(config(&broker, protocol, "in"), &["in/+/state", "cmd/#"]);
+    bridge.connected().await;
+
+    mosquitto::publish(broker.port(), "in/kitchen/state", r#"{"t":21.5}"#, 1, false).await;
+    mosquitto::publish(broker.port(), "in/a/b/state", "too deep for +", 1, false).await;
+    mosquitto::publish(broker.port(), "cmd/lights/on", "hello world", 1, false).await;
+    mosquitto::publish(broker.port(), "cmd", "12", 0, false).await;
+
+    assert_eq!(bridge.next_inbound().await, mqtt("in/kitchen/state", json!({"t": 21.5})));
+    assert_eq!(bridge.next_inbound().await, mqtt("cmd/lights/on", json!("hello world")));
+    assert_eq!(bridge.next_inbound().await, mqtt("cmd", json!(12)));
+    assert_eq!(bridge.stat(|s| &s.messages_in), 3);
+}
+
+/// Another client's publishes on filters with `+` and `#` arrive as
+/// messages with the decoded JSON, or the text as a string (MQTT 3.1.1).
+#[tokio::test]
+async fn publishes_on_subscribed_filters_arrive_as_decoded_messages_over_3_1_1() {
+    incoming_on_filters(MqttProtocol::V311).await;
+}
+
+/// The same over MQTT 5.
+#[tokio::test]
+async fn publishes_on_subscribed_filters_arrive_as_decoded_messages_over_5() {
+    incoming_on_filters(MqttProtocol::V5).await;
+}
+
+async fn last_will(protocol: MqttProtocol) {
+    let broker = Mosquitto::start().await;
+    let bridge = Bridge::start(config(&broker, protocol, "will"), &[]);
+    bridge.connected().await;
+    let mut watcher = mosquitto::subscribe(broker.port(), &bridge.availability).await;
+    assert_eq!(watcher.next_message(WAIT).await, received(&bridge.availability, "online", true));
+
+    // Cancelling drops the connection with no DISCONNECT, as a crash would.
+    bridge.stop.cancel();
+    assert_eq!(watcher.next_message(WAIT).await, received(&bridge.availability, "offline", true));
+    let mut late = mosquitto::subscribe(broker.port(), &bridge.availability).await;
+    assert_eq!(late.next_message(WAIT).await, received(&bridge.availability, "offline", true));
+}
+
+/// A subscriber sees a retained `online` while the bridge is connected, and
+/// the last will's retained `offline` once the bridge goes away without a
+/// goodbye (MQTT 3.1.1).
+#[tokio::test]
+async fn availability_is_online_while_connected_and_the_last_will_says_offline_over_3_1_1() {
+    last_will(MqttProtocol::V311).await;
+}
+
+/// The same over MQTT 5.
+#[tokio::test]
+async fn availability_is_online_while_connected_and_the_last_will_says_offline_over_5() {
+    last_will(MqttProtocol::V5).await;
+}
+
+async fn clean_shutdown(protocol: MqttProtocol) {
+    let broker = Mosquitto::start().await;
+    let bridge = Bridge::start(config(&broker, protocol, "bye"), &[]);
+    bridge.connected().await;
+    let mut watcher = mosquitto::subscribe(broker.port(), "#").await;
+    assert_eq!(watcher.next_message(WAIT).await, received(&bridge.availability, "online", true));
+
+    bridge.send("out/last", Body::Value(json!("bye")), false).await;
+    let started = Instant::now();
+    bridge.handle.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(2), "shutdown took {:?}", started.elapsed());
+
+    assert_eq!(watcher.next_message(WAIT).await, received("out/last", "bye", false));
+    assert_eq!(watcher.next_message(WAIT).await, received(&bridge.availability, "offline", true));
+    // A clean DISCONNECT discards the last will, so no second `offline`.
+    watcher.expect_nothing(QUIET).await;
+    assert!(matches!(bridge.disconnected().await, MqttLinkState::Disconnected { .. }));
+    let after = MqttOut {
+        topic: "out/late".into(),
+        body: Body::Trigger,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        format: PayloadFormat::Auto,
+    };
+    assert!(bridge.handle.send(after).is_err(), "a stopped endpoint takes nothing");
+}
+
+/// `shutdown()` sends what was already handed over, then a retained
+/// `offline`, then disconnects cleanly, well within its 2 s (MQTT 3.1.1).
+#[tokio::test]
+async fn shutdown_sends_what_was_queued_then_offline_and_disconnects_cleanly_over_3_1_1() {
+    clean_shutdown(MqttProtocol::V311).await;
+}
+
+/// The same over MQTT 5.
+#[tokio::test]
+async fn shutdown_sends_what_was_queued_then_offline_and_disconnects_cleanly_over_5() {
+    clean_shutdown(MqttProtocol::V5).await;
+}
+
+async fn broker_restart(protocol: MqttProtocol) {
+    let mut broker = Mosquitto::start().await;
+    let mut settings = config(&broker, protocol, "restart");
+    settings.queue_size = 5;
+    let mut bridge = Bridge::start(settings, &["in/#"]);
+    bridge.connected().await;
+
+    broker.kill().await;
+    bridge.disconnected().await;
+    for n in 0..8 {
+        bridge.send(&format!("q/{n}"), Body::Value(json!(n)), true).await;
+    }
+    bridge.stat_reaches(|s| &s.offline_queue_overflow, 3).await;
+
+    broker.restart().await;
+    bridge.connected().await;
+    assert_eq!(bridge.stat(|s| &s.connections), 2);
+
+    // Retained, so a subscriber arriving after the flush still sees them;
+    // the marker sent after them shows nothing else is coming.
+    let mut watcher = mosquitto::subscribe(broker.port(), "q/#").await;
+    bridge.send("q/end", Body::Value(json!("end")), false).await;
+    let mut delivered = Vec::new();
+    loop {
+        let message = watcher.next_message(WAIT).await;
+        if message.topic == "q/end" {
+            break;
+        }
+        delivered.push(message);
+    }
+    delivered.sort_by(|a, b| a.topic.cmp(&b.topic));
+    let expected: Vec<Received> =
+        (3..8).map(|n| received(&format!("q/{n}"), &n.to_string(), true)).collect();
+    let stats = bridge.handle.stats().snapshot();
+    assert_eq!(delivered, expected, "the 5 newest are delivered, the 3 oldest were dropped");
+    assert_eq!(bridge.stat(|s| &s.offline_queue_overflow), 3, "{stats:?}");
+
+    mosquitto::publish(broker.port(), "in/after", "restart", 1, false).await;
+    assert_eq!(bridge.next_inbound().await, mqtt("in/after", json!("restart")));
+}
+
+/// After the broker is killed and restarted the bridge reconnects by
+/// itself, subscribes again, and delivers what was sent meanwhile up to
+/// `queue_size`, counting exactly the overflow (MQTT 3.1.1).
+#[tokio::test]
+async fn after_a_broker_restart_the_bridge_resubscribes_and_delivers_the_queue_over_3_1_1() {
+    broker_restart(MqttProtocol::V311).await;
+}
+
+/// The same over MQTT 5.
+#[tokio::test]
+async fn after_a_broker_restart_the_bridge_resubscribes_and_delivers_the_queue_over_5() {
+    broker_restart(MqttProtocol::V5).await;
+}
+
+/// A broker that is down at start is just retried, with a delay that
+/// doubles per failed attempt, and the bridge connects as soon as it is up.
+#[tokio::test]
+async fn a_broker_down_at_start_is_retried_with_growing_delays_until_it_is_up() {
+    let mut broker = Mosquitto::start().await;
+    broker.kill().await;
+    let bridge = Bridge::start(config(&broker, MqttProtocol::V311, "late"), &["in/#"]);
+    let state = bridge.disconnected().await;
+    let first_failure = Instant::now();
+    assert!(
+        matches!(&state, MqttLinkState::Disconnected { retry_in, .. } if *retry_in == Duration::from_millis(100)),
+        "{state:?}"
+    );
+    bridge.stat_reaches(|s| &s.connect_failures, 3).await;
+    // 100 ms, then 200 ms: rumqttc alone would retry at once.
+    assert!(
+        first_failure.elapsed() >= Duration::from_millis(250),
+        "three failures within {:?}",
+        first_failure.elapsed()
+    );
+    broker.restart().await;
+    bridge.connected().await;
+    assert_eq!(bridge.stat(|s| &s.connections), 1);
+}
+
+/// With MQTT 3.1.1 the bridge recognises its own publish coming back on
+/// `t/#` and drops it (counted once), while another client's publishes to
+/// the same topic, even with the same payload, arrive.
+#[tokio::test]
+async fn own_publishes_do_not_come_back_but_other_clients_do_over_3_1_1() {
+    let broker = Mosquitto::start().await;
+    let mut bridge = Bridge::start(config(&broker, MqttProtocol::V311, "echo"), &["t/#"]);
+    bridge.connected().await;
+
+    bridge.send("t/x", Body::Value(json!("mine")), false).await;
+    bridge.stat_reaches(|s| &s.own_echoes, 1).await;
+    mosquitto::publish(broker.port(), "t/x", "theirs", 1, false).await;
+    assert_eq!(bridge.next_inbound().await, mqtt("t/x", json!("theirs")));
+    mosquitto::publish(broker.port(), "t/x", "mine", 1, false).await;
+    assert_eq!(bridge.next_inbound().await, mqtt("t/x", json!("mine")));
+    assert_eq!(bridge.stat(|s| &s.own_echoes), 1);
+    assert_eq!(bridge.stat(|s| &s.messages_in), 2);
+}
+
+/// With MQTT 5 the subscription's No Local keeps the broker from sending the
+/// bridge's own publish back at all, while another client's publish arrives.
+#[tokio::test]
+async fn own_publishes_are_not_sent_back_thanks_to_no_local_over_5() {
+    let broker = Mosquitto::start().await;
+    let mut bridge = Bridge::start(config(&broker, MqttProtocol::V5, "nolocal"), &["t/#"]);
+    bridge.connected().await;
+    let mut watcher = mosquitto::subscribe(broker.port(), "t/#").await;
+
+    bridge.send("t/x", Body::Value(json!("mine")), false).await;
+    // Once another subscriber has it, the broker has routed it to everyone.
+    assert_eq!(watcher.next_message(WAIT).await, received("t/x", "mine", false));
+    mosquitto::publish(broker.port(), "t/x", "theirs", 1, false).await;
+    assert_eq!(bridge.next_inbound().await, mqtt("t/x", json!("theirs")));
+    assert_eq!(bridge.stat(|s| &s.own_echoes), 0);
+    assert_eq!(bridge.stat(|s| &s.messages_in), 1);
+}
+
+async fn odd_payloads(protocol: MqttProtocol) {
+    let broker = Mosquitto::start().await;
+    let mut settings = config(&broker, protocol, "odd");
+    settings.max_packet_bytes = 2048;
+    let mut bridge = Bridge::start(settings, &["in/#"]);
+    bridge.connected().await;
+
+    mosquitto::publish(broker.port(), "in/text", "not json {", 1, false).await;
+    mosquitto::publish(broker.port(), "in/binary", vec![0xff, 0xfe, 0x00, 0x80], 1, false).await;
+    mosquitto::publish(broker.port(), "in/empty", Vec::new(), 1, false).await;
+    mosquitto::publish(broker.port(), "in/big", vec![b'x'; 4096], 1, false).await;
+    mosquitto::publish(broker.port(), "in/good", r#"{"ok":true}"#, 1, false).await;
+
+    assert_eq!(bridge.next_inbound().await, mqtt("in/text", json!("not json {")));
+    assert_eq!(
+        bridge.next_inbound().await,
+        mqtt("in/binary", json!({"base64": true, "data": "//4AgA=="}))
+    );
+    assert_eq!(bridge.next_inbound().await, mqtt("in/empty", Value::Null));
+    assert_eq!(bridge.next_inbound().await, mqtt("in/good", json!({"ok": true})));
+    assert_eq!(bridge.stat(|s| &s.oversized_in), 1);
+
+    // Too large to send: counted and skipped, and the connection stays up.
+    let mut watcher = mosquitto::subscribe(broker.port(), "out/#").await;
+    bridge.send("out/big", Body::Value(json!("y".repeat(4096))), false).await;
+    bridge.send("out/small", Body::Value(json!("fits")), false).await;
+    assert_eq!(watcher.next_message(WAIT).await, received("out/small", "fits", false));
+    assert_eq!(bridge.stat(|s| &s.oversized_out), 1);
+    assert_eq!(bridge.stat(|s| &s.connections), 1);
+}
+
+/// Non-JSON text arrives as a string, invalid UTF-8 as base64, an empty
+/// payload as null, an oversized one is counted and dropped in either
+/// direction, and good messages after them still flow (MQTT 3.1.1).
+#[tokio::test]
+async fn odd_payloads_are_mapped_or_counted_and_good_messages_still_flow_over_3_1_1() {
+    odd_payloads(MqttProtocol::V311).await;
+}
+
+/// The same over MQTT 5.
+#[tokio::test]
+async fn odd_payloads_are_mapped_or_counted_and_good_messages_still_flow_over_5() {
+    odd_payloads(MqttProtocol::V5).await;
+}
+
+/// Settings for a bridge on `broker`'s TLS listener.
+fn tls_config(broker: &Mosquitto, name: &str) -> MqttConfig {
+    let mut config = config(broker, MqttProtocol::V311, name);
+    config.port = broker.tls_port();
+    config.tls = true;
+    config
+}
+
+/// Over TLS, with the broker's CA as an extra trust anchor, the bridge
+/// verifies the certificate, connects and carries messages both ways. No
+/// process-wide rustls provider is installed in this test.
+#[tokio::test]
+async fn tls_with_the_brokers_ca_verifies_connects_and_carries_messages() {
+    let broker = Mosquitto::start_with_tls().await;
+    let mut settings = tls_config(&broker, "tls");
+    settings.ca_file = Some(broker.ca_file());
+    let mut bridge = Bridge::start(settings, &["in/#"]);
+    bridge.connected().await;
+
+    let mut watcher = mosquitto::subscribe(broker.port(), "out/#").await;
+    bridge.send("out/secure", Body::Value(json!("yes")), false).await;
+    assert_eq!(watcher.next_message(WAIT).await, received("out/secure", "yes", false));
+    mosquitto::publish(broker.port(), "in/secure", "1", 1, false).await;
+    assert_eq!(bridge.next_inbound().await, mqtt("in/secure", json!(1)));
+}
+
+/// A certificate the bridge cannot verify is refused and retried, with the
+/// reason in the link state; with `verify_tls` off the same broker is
+/// accepted.
+#[tokio::test]
+async fn an_unverifiable_certificate_is_refused_and_retried_unless_verification_is_off() {
+    let broker = Mosquitto::start_with_tls().await;
+    let strict = Bridge::start(tls_config(&broker, "strict"), &[]);
+    let state = strict.disconnected().await;
+    let MqttLinkState::Disconnected { reason, .. } = &state else { unreachable!() };
+    assert!(reason.contains("UnknownIssuer"), "{reason}");
+    strict.stat_reaches(|s| &s.connect_failures, 2).await;
+    assert_eq!(strict.stat(|s| &s.connections), 0);
+
+    let mut settings = tls_config(&broker, "insecure");
+    settings.verify_tls = false;
+    let insecure = Bridge::start(settings, &[]);
+    insecure.connected().await;
+}
