@@ -60,8 +60,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            runtime.block_on(scbridge::app::run(config, shutdown_signal()));
-            ExitCode::SUCCESS
+            match runtime.block_on(scbridge::app::run(config, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("scbridge: {err}");
+                    ExitCode::from(1)
+                }
+            }
         }
     }
 }

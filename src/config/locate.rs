@@ -58,14 +58,17 @@ pub fn locate(source: &str, path: &str) -> Option<Range<usize>> {
                 let current = table.take().or_else(|| match value.map(Spanned::get_ref) {
                     Some(DeValue::Table(t)) => Some(t),
                     _ => None,
-                })?;
-                let (key, found) = current.get_key_value(name)?;
+                });
+                // A missing key (e.g. a required one) points at its parent.
+                let Some((key, found)) = current.and_then(|t| t.get_key_value(name)) else {
+                    return best;
+                };
                 best = Some(key.span());
                 value = Some(found);
             }
             Step::Index(n) => {
-                let DeValue::Array(items) = value?.get_ref() else { return best };
-                let item = items.get(n)?;
+                let Some(DeValue::Array(items)) = value.map(Spanned::get_ref) else { return best };
+                let Some(item) = items.get(n) else { return best };
                 best = Some(item.span());
                 value = Some(item);
                 table = None;

@@ -5,12 +5,17 @@
 
 mod locate;
 pub mod raw;
+mod routes;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use url::Url;
 
+use crate::cables::CablesConfig;
+use crate::mqtt::MqttConfig;
+use crate::osc::OscConfig;
+use crate::route::Route;
 use crate::sc::{AuthToken, Protocol, ReconnectPolicy, ScConfig, config::Secret};
 use raw::{RawConfig, RawSocketCluster};
 
@@ -21,8 +26,14 @@ pub const DEFAULT_SC_PATH: &str = "/socketcluster/";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub socketcluster: ScConfig,
-    /// Channels subscribed at start.
+    /// Channels subscribed at start (beyond what the routes need).
     pub subscribe: Vec<ChannelSubscription>,
+    /// The cables.gl channel, when routes use one.
+    pub cables: Option<CablesConfig>,
+    pub osc: Option<OscConfig>,
+    pub mqtt: Option<MqttConfig>,
+    /// The `[[route]]` entries, in file order.
+    pub routes: Vec<Route>,
 }
 
 /// A channel the bridge subscribes on its own.
@@ -123,7 +134,13 @@ fn validate(raw: RawConfig) -> Result<Config, Problem> {
             subscribe.push(ChannelSubscription { channel: channel.clone(), wait_for_auth });
         }
     }
-    Ok(Config { socketcluster: validate_sc(&sc)?, subscribe })
+    let socketcluster = validate_sc(&sc)?;
+    let cables = raw.cables.as_ref().map(routes::validate_cables).transpose()?;
+    let osc = raw.osc.as_ref().map(crate::osc::config::validate).transpose()?;
+    let mqtt = raw.mqtt.as_ref().map(crate::mqtt::config::validate).transpose()?;
+    let links = routes::Links { cables: cables.is_some(), osc: osc.as_ref(), mqtt: mqtt.is_some() };
+    let routes = routes::validate_routes(&raw.route, &links)?;
+    Ok(Config { socketcluster, subscribe, cables, osc, mqtt, routes })
 }
 
 fn ms(value: Option<u64>, default: u64) -> Duration {
@@ -329,5 +346,161 @@ mod tests {
         .expect("valid");
         let shown = format!("{config:?}");
         assert!(!shown.contains("sekrit"), "{shown}");
+    }
+
+    const LINKS: &str = r#"
+[socketcluster]
+url = "ws://h/socketcluster/"
+
+[cables]
+channel = "show"
+
+[osc]
+listen = ["127.0.0.1:9000"]
+[osc.targets]
+td = "127.0.0.1:7000"
+lights = "127.0.0.1:7001"
+
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+"#;
+
+    fn route_error(route: &str) -> (String, usize, String) {
+        error_of(&format!("{LINKS}\n[[route]]\n{route}"))
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let config = Config::from_toml(include_str!("../../bridge.toml.example"), "example")
+            .expect("bridge.toml.example is valid");
+        assert!(!config.routes.is_empty());
+    }
+
+    #[test]
+    fn a_valid_route_table_loads() {
+        let config = Config::from_toml(
+            &format!(
+                "{LINKS}{}",
+                r#"
+[[route]]
+name = "sensors"
+from = { cables_object = "sensors/*" }
+to = [{ osc = "/td/sensors/*", target = "td", numbers = "int32" }, { mqtt = "home/+", retain = true, qos = 1 }]
+
+[[route]]
+from = { mqtt = "home/#" }
+to = [{ cables_trigger = "go", topic = "buttons" }]
+"#
+            ),
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(config.routes.len(), 2);
+        assert_eq!(config.routes[1].name, "route 2");
+    }
+
+    #[test]
+    fn route_errors_name_the_route_key_and_line() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "from = { osc = \"/a\", mqtt = \"b\" }\nto = [{ osc = \"/x\", target = \"td\" }]",
+                "route[0].from",
+                "exactly one",
+            ),
+            (
+                "from = { osc = \"/a/*\" }\nto = [{ mqtt = \"x/{2}\" }]",
+                "route[0].to[0].mqtt",
+                "capture 2",
+            ),
+            (
+                "from = { osc = \"/a\" }\nto = [{ osc = \"/x\" }]",
+                "route[0].to[0].target",
+                "required",
+            ),
+            (
+                "from = { osc = \"/a\" }\nto = [{ osc = \"/x\", target = \"nope\" }]",
+                "route[0].to[0].target",
+                "no OSC target",
+            ),
+            (
+                "from = { osc = \"a\" }\nto = [{ mqtt = \"x\" }]",
+                "route[0].from.osc",
+                "starts with '/'",
+            ),
+            (
+                "from = { osc = \"/a/#/b\" }\nto = [{ mqtt = \"x\" }]",
+                "route[0].from.osc",
+                "last segment",
+            ),
+            (
+                "from = { sc_channel = \"a/*\" }\nto = [{ mqtt = \"x\" }]",
+                "route[0].from.sc_channel",
+                "wildcard",
+            ),
+            (
+                "from = { cables_trigger = \"bang\" }\nto = [{ mqtt = \"x\", retain = true }]",
+                "route[0].to[0].retain",
+                "never retained",
+            ),
+            (
+                "from = { osc = \"/a\" }\nto = [{ mqtt = \"x\", numbers = \"int32\" }]",
+                "route[0].to[0].numbers",
+                "osc destinations",
+            ),
+            (
+                "from = { osc = \"/a\" }\nto = [{ osc = \"/x y\", target = \"td\" }]",
+                "route[0].to[0].osc",
+                "spaces",
+            ),
+            (
+                "from = { osc = \"/a\" }\nto = [{ mqtt = \"x\", qos = 3 }]",
+                "route[0].to[0].qos",
+                "0, 1 or 2",
+            ),
+            (
+                "from = { osc = \"/a\" }\nto = [{ mqtt = \"x\", payload = \"xml\" }]",
+                "route[0].to[0].payload",
+                "auto, json or text",
+            ),
+            (
+                "from = { osc = \"/a\" }\nto = [{ osc = \"/x\", target = \"td\", types = \"fq\" }]",
+                "route[0].to[0].types",
+                "",
+            ),
+            ("from = { osc = \"/a\" }\nto = []", "route[0]", "at least one"),
+            ("to = [{ mqtt = \"x\" }]", "route[0]", "needs `from`"),
+        ];
+        let route_line = LINKS.lines().count() + 2;
+        for (route, key, words) in cases {
+            let (got_key, line, message) = route_error(route);
+            assert_eq!(&got_key, key, "for {route}: {message}");
+            assert!(line >= route_line, "for {route}: line {line}");
+            assert!(message.contains(words), "for {route}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_destination_on_a_missing_link_is_refused() {
+        let (key, _, message) = error_of(
+            "[socketcluster]\nurl = \"ws://h/socketcluster/\"\n[[route]]\nfrom = { sc_channel = \"a\" }\nto = [{ mqtt = \"x\" }]\n",
+        );
+        assert_eq!(key, "route[0].to[0].mqtt");
+        assert!(message.contains("[mqtt]"), "{message}");
+    }
+
+    #[test]
+    fn unknown_keys_in_a_route_are_named() {
+        let (key, _, message) =
+            route_error("from = { osc = \"/a\" }\nto = [{ mqtt = \"x\", retian = true }]");
+        assert_eq!(key, "route[0].to[0].retian");
+        assert!(message.contains("unknown field"), "{message}");
+    }
+
+    #[test]
+    fn duplicate_route_names_are_refused() {
+        let (key, _, _) = error_of(&format!(
+            "{LINKS}\n[[route]]\nname = \"a\"\nfrom = {{ osc = \"/a\" }}\nto = [{{ mqtt = \"x\" }}]\n[[route]]\nname = \"a\"\nfrom = {{ osc = \"/b\" }}\nto = [{{ mqtt = \"y\" }}]\n"
+        ));
+        assert_eq!(key, "route[1].name");
     }
 }

@@ -10,6 +10,68 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub socketcluster: Option<RawSocketCluster>,
+    pub cables: Option<RawCables>,
+    pub osc: Option<crate::osc::RawOsc>,
+    pub mqtt: Option<crate::mqtt::RawMqtt>,
+    #[serde(default)]
+    pub route: Vec<RawRoute>,
+}
+
+/// `[cables]`: one cables.gl "Channel".
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCables {
+    pub channel: Option<String>,
+    pub client_id: Option<String>,
+    pub receive_own: Option<bool>,
+    pub allow_send: Option<bool>,
+    pub allow_multiple_senders: Option<bool>,
+    #[serde(default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    pub from: Option<RawEnd>,
+    #[serde(default)]
+    pub to: Vec<RawEnd>,
+    pub enabled: Option<bool>,
+    pub delay_ms: Option<u64>,
+}
+
+/// A route's `from` or one of its `to` entries: exactly one kind key, plus
+/// the options that kind takes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnd {
+    pub cables_object: Option<String>,
+    pub cables_trigger: Option<String>,
+    pub sc_channel: Option<String>,
+    pub sc_event: Option<String>,
+    pub osc: Option<String>,
+    pub mqtt: Option<String>,
+    // sc_channel source
+    pub wait_for_auth: Option<bool>,
+    // sc_event destination
+    pub invoke: Option<bool>,
+    // cables_trigger destination: the envelope topic (default: the trigger name)
+    pub topic: Option<String>,
+    // mqtt source and destination
+    pub qos: Option<u8>,
+    // mqtt destination
+    pub retain: Option<bool>,
+    pub payload: Option<String>,
+    // osc destination
+    pub target: Option<String>,
+    pub numbers: Option<crate::osc::mapping::NumberType>,
+    pub bools: Option<crate::osc::mapping::BoolStyle>,
+    pub null: Option<crate::osc::mapping::NullStyle>,
+    pub objects: Option<crate::osc::mapping::ObjectStyle>,
+    pub trigger: Option<crate::osc::mapping::TriggerStyle>,
+    pub types: Option<String>,
 }
 
 /// `[socketcluster]`

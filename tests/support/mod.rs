@@ -6,8 +6,12 @@
 //! - [`sc_peer`]: the real SocketCluster server and client peers of
 //!   `tests/peers` (Node), started on ports chosen at run time, with waits on
 //!   the lines they print.
+//! - [`mosquitto`]: a real Mosquitto broker on a free loopback port, and
+//!   small MQTT clients to publish and assert with.
+//! - [`udp`]: OSC receivers and senders on real UDP sockets.
 
 #![allow(dead_code)]
 
 pub mod mosquitto;
 pub mod sc_peer;
+pub mod udp;

@@ -1,0 +1,364 @@
+//! The whole bridge between a real socketcluster-server, a real Mosquitto
+//! broker and real UDP sockets: the three user stories end to end.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use rosc::{OscMessage, OscType};
+use scbridge::bridge::{self, Running};
+use scbridge::config::Config;
+use scbridge::stats::get;
+use serde_json::json;
+use support::mosquitto::{self, Mosquitto};
+use support::sc_peer::{JsClient, ScServer, ScServerOptions, wait_until};
+use support::udp::{OscReceiver, send_osc};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Peers {
+    server: ScServer,
+    broker: Mosquitto,
+    td: OscReceiver,
+}
+
+impl Peers {
+    async fn start() -> Peers {
+        Peers {
+            server: ScServer::start(ScServerOptions::new()).await,
+            broker: Mosquitto::start().await,
+            td: OscReceiver::bind().await,
+        }
+    }
+
+    fn config(&self, routes: &str) -> String {
+        format!(
+            r#"
+[socketcluster]
+url = "{sc}"
+reconnect_delay_ms = 200
+
+[cables]
+channel = "show"
+client_id = "bridge-1"
+
+[osc]
+listen = ["127.0.0.1:0"]
+[osc.targets]
+td = "{td}"
+
+[mqtt]
+url = "{mqtt}"
+client_id = "bridge-test"
+keepalive_secs = 1
+reconnect_delay_ms = 200
+reconnect_max_delay_ms = 400
+availability_topic = "scbridge/bridge-test/availability"
+{routes}"#,
+            sc = self.server.url(),
+            td = self.td.addr(),
+            mqtt = self.broker.url(),
+        )
+    }
+
+    /// Starts the bridge in-process and waits for both links.
+    async fn bridge(&self, routes: &str) -> Running {
+        let config =
+            Config::from_toml(&self.config(routes), "test.toml").expect("valid test config");
+        let running = bridge::start(config).await.expect("bridge starts");
+        let mut link = running.sc.link_state();
+        tokio::time::timeout(WAIT, link.wait_for(|s| s.is_connected()))
+            .await
+            .expect("sc up")
+            .expect("alive");
+        let mut mqtt = running.mqtt.as_ref().expect("mqtt").link_state();
+        tokio::time::timeout(
+            WAIT,
+            mqtt.wait_for(|s| *s == scbridge::mqtt::MqttLinkState::Connected),
+        )
+        .await
+        .expect("mqtt up")
+        .expect("alive");
+        wait_until(|| self.server.count_lines("SUBSCRIBE ") >= 3, WAIT, "cables subscriptions")
+            .await;
+        running
+    }
+}
+
+fn osc_in(running: &Running) -> std::net::SocketAddr {
+    running.osc.as_ref().expect("osc").listen_addrs()[0]
+}
+
+/// Story 1: a cables patch feeds TouchDesigner and the broker at once: an
+/// object arrives as float32 OSC and as retained JSON; a named trigger as
+/// an OSC message without arguments and a non-retained MQTT event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cables_object_and_trigger_reach_osc_and_mqtt_in_one_run() {
+    let peers = Peers::start().await;
+    let running = peers
+        .bridge(
+            r#"
+[[route]]
+from = { cables_object = "sensors/*" }
+to = [{ osc = "/td/sensors/*" }, { mqtt = "home/sensors/+", retain = true, qos = 1 }]
+
+[[route]]
+from = { cables_trigger = "bang" }
+to = [{ osc = "/td/bang" }, { mqtt = "home/events/bang" }]
+"#,
+        )
+        .await;
+    let mut states = mosquitto::subscribe(peers.broker.port(), "home/sensors/#").await;
+    let mut events = mosquitto::subscribe(peers.broker.port(), "home/events/#").await;
+
+    let envelope = r#"{"topic":"sensors/temp","clientId":"js-1","payload":[21.5,40]}"#;
+    let mut publisher =
+        JsClient::publish(peers.server.port(), "show/objects", Some(envelope), 1, false).await;
+    assert_eq!(publisher.wait_exit().await, 0);
+    assert_eq!(
+        peers.td.next(WAIT).await,
+        OscMessage {
+            addr: "/td/sensors/temp".into(),
+            args: vec![OscType::Float(21.5), OscType::Float(40.0)]
+        }
+    );
+    let state = states.next_message(WAIT).await;
+    assert_eq!(
+        (state.topic.as_str(), state.text().as_str(), state.retain),
+        ("home/sensors/temp", "[21.5,40]", true)
+    );
+
+    let trigger = r#"{"topic":"bang","clientId":"js-1","payload":"bang"}"#;
+    let mut publisher =
+        JsClient::publish(peers.server.port(), "show/triggers", Some(trigger), 1, false).await;
+    assert_eq!(publisher.wait_exit().await, 0);
+    assert_eq!(peers.td.next(WAIT).await, OscMessage { addr: "/td/bang".into(), args: vec![] });
+    let event = events.next_message(WAIT).await;
+    assert_eq!(
+        (event.topic.as_str(), event.text().as_str(), event.retain),
+        ("home/events/bang", "bang", false)
+    );
+    running.stop().await;
+}
+
+/// Story 3: an installation's MQTT topics reach cables clients as envelopes
+/// and TouchDesigner with captures; JSON payloads stay JSON, others become
+/// strings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_publishes_reach_cables_and_osc_with_captures() {
+    let peers = Peers::start().await;
+    let running = peers
+        .bridge(
+            r#"
+[[route]]
+from = { mqtt = "home/+/temp" }
+to = [{ cables_object = "rooms/{1}/temp" }, { osc = "/td/{1}/temp" }]
+"#,
+        )
+        .await;
+    let cables = JsClient::subscribe(peers.server.port(), &["show/objects"], &[]).await;
+
+    mosquitto::publish(peers.broker.port(), "home/kitchen/temp", r#"{"c":21.5}"#, 1, false).await;
+    mosquitto::publish(peers.broker.port(), "home/hall/temp", "warm", 0, false).await;
+    wait_until(|| cables.messages().len() == 2, WAIT, "two envelopes").await;
+    assert_eq!(
+        cables.messages(),
+        vec![
+            json!({"channel": "show/objects", "data": {"topic": "rooms/kitchen/temp", "clientId": "bridge-1", "payload": {"c": 21.5}}}),
+            json!({"channel": "show/objects", "data": {"topic": "rooms/hall/temp", "clientId": "bridge-1", "payload": "warm"}}),
+        ]
+    );
+    assert_eq!(
+        peers.td.next(WAIT).await,
+        OscMessage { addr: "/td/kitchen/temp/c".into(), args: vec![OscType::Float(21.5)] }
+    );
+    assert_eq!(
+        peers.td.next(WAIT).await,
+        OscMessage { addr: "/td/hall/temp".into(), args: vec![OscType::String("warm".into())] }
+    );
+    running.stop().await;
+}
+
+/// Story 2: TouchDesigner back to the broker, and a route pair between
+/// cables and MQTT moves one message exactly once each way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_way_cables_mqtt_pair_moves_each_message_exactly_once() {
+    let peers = Peers::start().await;
+    let running = peers
+        .bridge(
+            r#"
+[[route]]
+name = "cables to mqtt"
+from = { cables_object = "lights/*" }
+to = [{ mqtt = "house/lights/+" }]
+
+[[route]]
+name = "mqtt to cables"
+from = { mqtt = "house/lights/+" }
+to = [{ cables_object = "lights/{1}" }]
+
+[[route]]
+name = "td to mqtt"
+from = { osc = "/td/out/*" }
+to = [{ mqtt = "house/td/*" }]
+"#,
+        )
+        .await;
+    let mut lights = mosquitto::subscribe(peers.broker.port(), "house/#").await;
+    let cables = JsClient::subscribe(peers.server.port(), &["show/objects"], &[]).await;
+
+    // cables -> MQTT, once.
+    let envelope = r#"{"topic":"lights/1","clientId":"js-1","payload":{"on":true}}"#;
+    let mut publisher =
+        JsClient::publish(peers.server.port(), "show/objects", Some(envelope), 1, false).await;
+    assert_eq!(publisher.wait_exit().await, 0);
+    let first = lights.next_message(WAIT).await;
+    assert_eq!((first.topic.as_str(), first.text().as_str()), ("house/lights/1", r#"{"on":true}"#));
+
+    // MQTT -> cables, once.
+    mosquitto::publish(peers.broker.port(), "house/lights/2", "0.5", 1, false).await;
+    let echoed_by_broker = lights.next_message(WAIT).await;
+    assert_eq!(echoed_by_broker.topic, "house/lights/2");
+    wait_until(|| cables.messages().len() == 2, WAIT, "the bridge's envelope").await;
+    assert_eq!(cables.messages()[1]["data"]["payload"], json!(0.5));
+    assert_eq!(cables.messages()[1]["data"]["clientId"], json!("bridge-1"));
+
+    // OSC -> MQTT.
+    send_osc(osc_in(&running), "/td/out/level", vec![OscType::Float(0.25)]).await;
+    let td = lights.next_message(WAIT).await;
+    assert_eq!((td.topic.as_str(), td.text().as_str()), ("house/td/level", "0.25"));
+
+    // Nothing bounced: no second copy on either side.
+    lights.expect_nothing(Duration::from_millis(500)).await;
+    assert_eq!(cables.messages().len(), 2);
+    assert_eq!(get(&running.routes[0].sent), 1);
+    assert_eq!(get(&running.routes[1].sent), 1);
+    running.stop().await;
+}
+
+/// Restarting the broker: the routes from and to MQTT work again, and what
+/// was sent to MQTT while it was down arrives after the reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_broker_restart_routes_from_and_to_mqtt_work_again() {
+    let mut peers = Peers::start().await;
+    let running = peers
+        .bridge(
+            r#"
+[[route]]
+from = { osc = "/td/*" }
+to = [{ mqtt = "out/*", qos = 1 }]
+
+[[route]]
+from = { mqtt = "in/#" }
+to = [{ osc = "/back/{1}" }]
+"#,
+        )
+        .await;
+    let mqtt = running.mqtt.clone().expect("mqtt");
+
+    peers.broker.kill().await;
+    let mut state = mqtt.link_state();
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s != scbridge::mqtt::MqttLinkState::Connected))
+        .await
+        .expect("noticed")
+        .expect("alive");
+    send_osc(osc_in(&running), "/td/while-down", vec![OscType::Int(1)]).await;
+    wait_until(|| get(&running.routes[0].sent) == 1, WAIT, "handed to the MQTT endpoint").await;
+    peers.broker.restart().await;
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s == scbridge::mqtt::MqttLinkState::Connected))
+        .await
+        .expect("reconnected")
+        .expect("alive");
+
+    let mut out = mosquitto::subscribe(peers.broker.port(), "out/#").await;
+    // The queued message went out on reconnect, before this subscriber
+    // existed; a new one shows the route works.
+    send_osc(osc_in(&running), "/td/after", vec![OscType::Int(2)]).await;
+    let after = out.next_message(WAIT).await;
+    assert_eq!((after.topic.as_str(), after.text().as_str()), ("out/after", "2"));
+    mosquitto::publish(peers.broker.port(), "in/x/y", "3", 1, false).await;
+    assert_eq!(
+        peers.td.next(WAIT).await,
+        OscMessage { addr: "/back/x/y".into(), args: vec![OscType::Float(3.0)] }
+    );
+    assert_eq!(get(&mqtt.stats().offline_queue_overflow), 0);
+    running.stop().await;
+}
+
+/// The availability topic says `online` while the bridge runs, `offline`
+/// (the broker's last will) when its process is killed, and `online` again
+/// when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn availability_goes_offline_when_the_bridge_is_killed_and_online_when_it_returns() {
+    let peers = Peers::start().await;
+    let dir = std::env::temp_dir().join(format!("scbridge-avail-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("bridge.toml");
+    std::fs::write(&config, peers.config("")).expect("write config");
+    let spawn = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_scbridge"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start scbridge")
+    };
+    let mut availability =
+        mosquitto::subscribe(peers.broker.port(), "scbridge/bridge-test/availability").await;
+
+    let mut bridge = spawn();
+    assert_eq!(availability.next_message(WAIT).await.text(), "online");
+    bridge.kill().await.expect("kill -9");
+    let will = availability.next_message(WAIT).await;
+    assert_eq!((will.text().as_str(), will.retain), ("offline", true));
+
+    let mut bridge = spawn();
+    assert_eq!(availability.next_message(WAIT).await.text(), "online");
+    bridge.kill().await.expect("kill");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Non-JSON and oversized MQTT payloads: the first routes as a string, the
+/// second is counted and skipped, and good traffic keeps flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_mqtt_payloads_are_mapped_or_counted_and_good_traffic_flows() {
+    let peers = Peers::start().await;
+    let routes = r#"
+[[route]]
+from = { mqtt = "in/+" }
+to = [{ osc = "/in/*" }]
+"#;
+    let config = peers
+        .config(routes)
+        .replace("availability_topic", "max_packet_bytes = 2048\navailability_topic");
+    let running =
+        bridge::start(Config::from_toml(&config, "t").expect("config")).await.expect("start");
+    let mqtt = running.mqtt.clone().expect("mqtt");
+    let mut state = mqtt.link_state();
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s == scbridge::mqtt::MqttLinkState::Connected))
+        .await
+        .expect("up")
+        .expect("alive");
+
+    mosquitto::publish(peers.broker.port(), "in/huge", vec![b'x'; 4096], 0, false).await;
+    mosquitto::publish(peers.broker.port(), "in/text", "{not json", 0, false).await;
+    mosquitto::publish(peers.broker.port(), "in/good", "1", 0, false).await;
+    assert_eq!(
+        peers.td.next(WAIT).await,
+        OscMessage { addr: "/in/text".into(), args: vec![OscType::String("{not json".into())] }
+    );
+    assert_eq!(
+        peers.td.next(WAIT).await,
+        OscMessage { addr: "/in/good".into(), args: vec![OscType::Float(1.0)] }
+    );
+    assert_eq!(get(&mqtt.stats().oversized_in), 1);
+    assert_eq!(
+        get(&mqtt.stats().connections),
+        1,
+        "the oversized payload did not cost the connection"
+    );
+    running.stop().await;
+}

@@ -1,0 +1,404 @@
+//! The whole bridge between a real socketcluster-server (with real JS
+//! cables-style clients) and real UDP sockets playing TouchDesigner.
+
+mod support;
+
+use std::time::Duration;
+
+use rosc::{OscBundle, OscMessage, OscPacket, OscTime, OscType};
+use scbridge::bridge::{self, Running};
+use scbridge::config::Config;
+use scbridge::stats::get;
+use serde_json::{Value, json};
+use support::sc_peer::{JsClient, ScServer, ScServerOptions, wait_until};
+use support::udp::{OscReceiver, send_bytes, send_osc, send_packet};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Starts the bridge from TOML, with `{SC}` and `{TD}` filled in.
+async fn start_bridge(server: &ScServer, td: &OscReceiver, toml: &str) -> Running {
+    let toml = toml.replace("{SC}", &server.url()).replace("{TD}", &td.addr().to_string());
+    let config = Config::from_toml(&toml, "test.toml").expect("valid test config");
+    let running = bridge::start(config).await.expect("bridge starts");
+    let mut link = running.sc.link_state();
+    tokio::time::timeout(WAIT, link.wait_for(|s| s.is_connected()))
+        .await
+        .expect("connected")
+        .expect("alive");
+    running
+}
+
+/// Waits until the server saw `count` subscribes in all (the bridge's own).
+async fn subscribed(server: &ScServer, count: usize) {
+    wait_until(|| server.count_lines("SUBSCRIBE ") >= count, WAIT, "the bridge's subscriptions")
+        .await;
+}
+
+fn osc_port(running: &Running) -> std::net::SocketAddr {
+    running.osc.as_ref().expect("osc configured").listen_addrs()[0]
+}
+
+const BASE: &str = r#"
+[socketcluster]
+url = "{SC}"
+reconnect_delay_ms = 200
+
+[cables]
+channel = "show"
+client_id = "bridge-1"
+extra = { token = "abc" }
+
+[osc]
+listen = ["127.0.0.1:0"]
+[osc.targets]
+td = "{TD}"
+"#;
+
+/// A cables object published by a JS client arrives at TouchDesigner with
+/// the captured name and float32 arguments; a named trigger arrives as a
+/// message with no arguments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cables_object_and_a_named_trigger_reach_touchdesigner() {
+    let server = ScServer::start(ScServerOptions::new()).await;
+    let td = OscReceiver::bind().await;
+    let config = format!(
+        "{BASE}{}",
+        r#"
+[[route]]
+name = "sensors"
+from = { cables_object = "sensors/*" }
+to = [{ osc = "/td/sensors/*" }]
+
+[[route]]
+name = "bang"
+from = { cables_trigger = "bang" }
+to = [{ osc = "/td/bang" }]
+"#
+    );
+    let running = start_bridge(&server, &td, &config).await;
+    subscribed(&server, 3).await;
+
+    let envelope = r#"{"topic":"sensors/temp","clientId":"js-1","payload":{"v":0.5,"on":true}}"#;
+    let mut publisher =
+        JsClient::publish(server.port(), "show/objects", Some(envelope), 1, false).await;
+    assert_eq!(publisher.wait_exit().await, 0);
+    let mut received = vec![td.next(WAIT).await, td.next(WAIT).await];
+    received.sort_by(|a, b| a.addr.cmp(&b.addr));
+    assert_eq!(
+        received,
+        vec![
+            OscMessage { addr: "/td/sensors/temp/on".into(), args: vec![OscType::Float(1.0)] },
+            OscMessage { addr: "/td/sensors/temp/v".into(), args: vec![OscType::Float(0.5)] },
+        ]
+    );
+
+    let trigger = r#"{"topic":"bang","clientId":"js-1","payload":"bang"}"#;
+    let mut publisher =
+        JsClient::publish(server.port(), "show/triggers", Some(trigger), 1, false).await;
+    assert_eq!(publisher.wait_exit().await, 0);
+    assert_eq!(td.next(WAIT).await, OscMessage { addr: "/td/bang".into(), args: vec![] });
+    assert_eq!(get(&running.routes[0].sent), 1);
+    assert_eq!(get(&running.routes[1].sent), 1);
+    running.stop().await;
+}
+
+/// An OSC message, and each message of a bundle in order, reach a JS cables
+/// client as envelopes with the topic, our client id, the payload and the
+/// extra server data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn osc_messages_and_bundles_reach_a_cables_client_as_envelopes() {
+    let server = ScServer::start(ScServerOptions::new()).await;
+    let td = OscReceiver::bind().await;
+    let config = format!(
+        "{BASE}{}",
+        r#"
+[[route]]
+name = "faders"
+from = { osc = "/td/fader/*" }
+to = [{ cables_object = "faders/{1}" }]
+
+[[route]]
+name = "go"
+from = { osc = "/td/go" }
+to = [{ cables_trigger = "go" }]
+"#
+    );
+    let running = start_bridge(&server, &td, &config).await;
+    let cables = JsClient::subscribe(server.port(), &["show/objects", "show/triggers"], &[]).await;
+
+    send_osc(osc_port(&running), "/td/fader/1", vec![OscType::Float(0.25)]).await;
+    cables.next_line_with_prefix("MSG ", WAIT).await;
+    let bundle = OscPacket::Bundle(OscBundle {
+        timetag: OscTime { seconds: 0, fractional: 1 },
+        content: vec![
+            OscPacket::Message(OscMessage {
+                addr: "/td/fader/2".into(),
+                args: vec![OscType::Int(2), OscType::String("x".into())],
+            }),
+            OscPacket::Message(OscMessage { addr: "/td/fader/3".into(), args: vec![] }),
+            OscPacket::Message(OscMessage {
+                addr: "/td/go".into(),
+                args: vec![OscType::Float(1.0)],
+            }),
+        ],
+    });
+    send_packet(osc_port(&running), &bundle).await;
+    wait_until(|| cables.messages().len() == 4, WAIT, "four envelopes").await;
+
+    let envelope = |topic: &str, payload: Value| json!({"token": "abc", "topic": topic, "clientId": "bridge-1", "payload": payload});
+    // Order holds per channel; the JS client may interleave two channels.
+    let on = |channel: &str| -> Vec<Value> {
+        cables
+            .messages()
+            .into_iter()
+            .filter(|m| m["channel"] == channel)
+            .map(|m| m["data"].clone())
+            .collect()
+    };
+    assert_eq!(
+        on("show/objects"),
+        vec![
+            envelope("faders/1", json!(0.25)),
+            envelope("faders/2", json!([2, "x"])),
+            envelope("faders/3", Value::Null),
+        ]
+    );
+    assert_eq!(on("show/triggers"), vec![envelope("go", json!("go"))]);
+    running.stop().await;
+}
+
+/// Our own envelopes come back from the server; they are ignored unless
+/// `receive_own` is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_own_echo_is_ignored_unless_receive_own_is_on() {
+    for receive_own in [false, true] {
+        let server = ScServer::start(ScServerOptions::new()).await;
+        let td = OscReceiver::bind().await;
+        let config = format!(
+            "{}{}",
+            BASE.replace(
+                "client_id = \"bridge-1\"",
+                &format!("client_id = \"bridge-1\"\nreceive_own = {receive_own}")
+            ),
+            r#"
+[[route]]
+name = "in"
+from = { osc = "/in/*" }
+to = [{ cables_object = "loop/*" }]
+
+[[route]]
+name = "out"
+from = { cables_object = "loop/*" }
+to = [{ osc = "/out/*" }]
+"#
+        );
+        let running = start_bridge(&server, &td, &config).await;
+        subscribed(&server, 3).await;
+
+        send_osc(osc_port(&running), "/in/a", vec![OscType::Float(3.0)]).await;
+        if receive_own {
+            assert_eq!(
+                td.next(WAIT).await,
+                OscMessage { addr: "/out/a".into(), args: vec![OscType::Float(3.0)] }
+            );
+        } else {
+            wait_until(|| get(&running.stats.own_echoes) == 1, WAIT, "the echo counted").await;
+            assert_eq!(td.try_next(Duration::from_millis(300)).await, None);
+        }
+        running.stop().await;
+    }
+}
+
+/// With Allow Multiple Senders off, another client announcing that it sends
+/// silences the bridge (counted as not allowed), and it sends again when
+/// that client steps back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_sender_silences_the_bridge_when_multiple_senders_are_off() {
+    let server = ScServer::start(ScServerOptions::new()).await;
+    let td = OscReceiver::bind().await;
+    let config = format!(
+        "{}{}",
+        BASE.replace(
+            "client_id = \"bridge-1\"",
+            "client_id = \"bridge-1\"\nallow_multiple_senders = false"
+        ),
+        r#"
+[[route]]
+name = "in"
+from = { osc = "/in" }
+to = [{ cables_object = "value" }]
+"#
+    );
+    let running = start_bridge(&server, &td, &config).await;
+    subscribed(&server, 3).await;
+    let cables = JsClient::interactive(server.port(), 2).await;
+    cables.send_line("sub show/objects").await;
+    cables.next_line_with_prefix("SUBSCRIBED ", WAIT).await;
+
+    let take_over = r#"{"topic":"cablescontrol","clientId":"rival","payload":{"allowSend":true}}"#;
+    cables.send_line(&format!("ipub show/control {take_over}")).await;
+    cables.next_line_with_prefix("PUBACK", WAIT).await;
+    wait_until(|| get(&running.stats.control_messages) >= 1, WAIT, "the control message").await;
+    send_osc(osc_port(&running), "/in", vec![OscType::Float(1.0)]).await;
+    wait_until(|| get(&running.routes[0].not_allowed) == 1, WAIT, "withheld").await;
+
+    let step_back = r#"{"topic":"cablescontrol","clientId":"rival","payload":{"allowSend":false}}"#;
+    cables.send_line(&format!("ipub show/control {step_back}")).await;
+    cables.next_line_with_prefix("PUBACK", WAIT).await;
+    wait_until(|| get(&running.stats.control_messages) >= 2, WAIT, "the second control message")
+        .await;
+    send_osc(osc_port(&running), "/in", vec![OscType::Float(2.0)]).await;
+    cables.next_line_with_prefix("MSG ", WAIT).await;
+    assert_eq!(
+        cables.messages(),
+        vec![
+            json!({"channel": "show/objects", "data": {"token": "abc", "topic": "value", "clientId": "bridge-1", "payload": 2}})
+        ]
+    );
+    assert_eq!(get(&running.routes[0].sent), 1);
+    running.stop().await;
+}
+
+/// Garbage on the OSC port and envelopes missing keys are counted and
+/// skipped; the good message after them still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_osc_packets_and_bad_envelopes_are_counted_and_good_traffic_flows() {
+    let server = ScServer::start(ScServerOptions::new()).await;
+    let td = OscReceiver::bind().await;
+    let config = format!(
+        "{BASE}{}",
+        r#"
+[[route]]
+name = "objects"
+from = { cables_object = "**" }
+to = [{ osc = "/td/{1}" }]
+
+[[route]]
+name = "osc"
+from = { osc = "/x" }
+to = [{ cables_object = "from-osc" }]
+"#
+    );
+    let running = start_bridge(&server, &td, &config).await;
+    subscribed(&server, 3).await;
+    let osc = running.osc.clone().expect("osc");
+
+    send_bytes(osc_port(&running), b"not osc at all").await;
+    send_bytes(osc_port(&running), &[0xff; 7]).await;
+    for bad in
+        [r#""just a string""#, r#"{"topic":"a","payload":1}"#, r#"{"clientId":"js","payload":1}"#]
+    {
+        let mut publisher =
+            JsClient::publish(server.port(), "show/objects", Some(bad), 1, false).await;
+        assert_eq!(publisher.wait_exit().await, 0);
+    }
+    let good = r#"{"topic":"ok","clientId":"js","payload":7}"#;
+    let mut publisher =
+        JsClient::publish(server.port(), "show/objects", Some(good), 1, false).await;
+    assert_eq!(publisher.wait_exit().await, 0);
+
+    assert_eq!(
+        td.next(WAIT).await,
+        OscMessage { addr: "/td/ok".into(), args: vec![OscType::Float(7.0)] }
+    );
+    wait_until(|| get(&osc.stats().decode_errors) == 2, WAIT, "two bad OSC packets").await;
+    assert_eq!(get(&running.stats.malformed_envelopes), 3);
+    running.stop().await;
+}
+
+/// One source fans out to several destinations, and a route pair that maps
+/// A to B and B to A moves a message exactly once each way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_and_a_two_way_pair_move_each_message_once() {
+    let server = ScServer::start(ScServerOptions::new()).await;
+    let td = OscReceiver::bind().await;
+    let config = format!(
+        "{BASE}{}",
+        r#"
+[[route]]
+name = "to td"
+from = { cables_object = "mix/*" }
+to = [{ osc = "/mix/*" }, { osc = "/mirror/*", numbers = "int32" }]
+
+[[route]]
+name = "from td"
+from = { osc = "/mix/*" }
+to = [{ cables_object = "mix/*" }]
+"#
+    );
+    let running = start_bridge(&server, &td, &config).await;
+    subscribed(&server, 3).await;
+    let cables = JsClient::subscribe(server.port(), &["show/objects"], &[]).await;
+
+    let envelope = r#"{"topic":"mix/level","clientId":"js-1","payload":0.75}"#;
+    let mut publisher =
+        JsClient::publish(server.port(), "show/objects", Some(envelope), 1, false).await;
+    assert_eq!(publisher.wait_exit().await, 0);
+    let mut got = vec![td.next(WAIT).await, td.next(WAIT).await];
+    got.sort_by(|a, b| a.addr.cmp(&b.addr));
+    assert_eq!(
+        got,
+        vec![
+            OscMessage { addr: "/mirror/level".into(), args: vec![OscType::Int(1)] },
+            OscMessage { addr: "/mix/level".into(), args: vec![OscType::Float(0.75)] },
+        ]
+    );
+
+    send_osc(osc_port(&running), "/mix/level", vec![OscType::Float(0.5)]).await;
+    wait_until(|| cables.messages().len() == 2, WAIT, "the bridge's envelope").await;
+    // The bridge's own envelope comes back from the server but goes no further.
+    wait_until(|| get(&running.stats.own_echoes) == 1, WAIT, "the echo dropped").await;
+    assert_eq!(td.try_next(Duration::from_millis(300)).await, None);
+    assert_eq!(get(&running.routes[0].matched), 1);
+    assert_eq!(get(&running.routes[1].matched), 1);
+    running.stop().await;
+}
+
+/// A plain SocketCluster channel and a custom server event are sources too,
+/// and a route can emit a named event to the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_channels_and_server_events_route_both_ways() {
+    let server = ScServer::start(ScServerOptions::new()).await;
+    let td = OscReceiver::bind().await;
+    let config = format!(
+        "{BASE}{}",
+        r#"
+[[route]]
+name = "raw in"
+from = { sc_channel = "telemetry" }
+to = [{ osc = "/telemetry" }]
+
+[[route]]
+name = "event in"
+from = { sc_event = "cue" }
+to = [{ osc = "/cue" }]
+
+[[route]]
+name = "event out"
+from = { osc = "/note" }
+to = [{ sc_event = "note" }, { sc_channel = "notes" }]
+"#
+    );
+    let running = start_bridge(&server, &td, &config).await;
+    subscribed(&server, 4).await;
+    let socket_id = server.socket_ids().await.pop().expect("the bridge's socket");
+
+    server.publish("telemetry", &json!([1, 2])).await;
+    assert_eq!(
+        td.next(WAIT).await,
+        OscMessage {
+            addr: "/telemetry".into(),
+            args: vec![OscType::Float(1.0), OscType::Float(2.0)]
+        }
+    );
+    server.command(&format!(r#"transmit {socket_id} cue {{"n":3}}"#)).await;
+    assert_eq!(
+        td.next(WAIT).await,
+        OscMessage { addr: "/cue/n".into(), args: vec![OscType::Float(3.0)] }
+    );
+
+    send_osc(osc_port(&running), "/note", vec![OscType::String("hi".into())]).await;
+    server.next_line_matching(|l| l == format!(r#"TRANSMIT {socket_id} note "hi""#), WAIT).await;
+    server.next_line_matching(|l| l == format!(r#"PUBLISH {socket_id} notes "hi""#), WAIT).await;
+    running.stop().await;
+}
