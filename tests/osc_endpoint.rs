@@ -457,3 +457,24 @@ async fn a_busy_listen_address_fails_the_start_and_names_the_address() {
         .expect_err("the port is taken");
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
+
+/// With an allow-list, a sender outside it is counted and not heard, and a
+/// sender inside it is.
+#[tokio::test]
+async fn senders_outside_the_allow_list_are_counted_and_ignored() {
+    let mut config = OscConfig { listen: vec![loopback()], ..OscConfig::default() };
+    config.allow_from = vec![scbridge::osc::config::Network::parse("10.0.0.0/8").expect("network")];
+    let mut outside = start(config, 16).await;
+    let sender = peer().await;
+    send_packet(&sender, outside.handle.listen_addrs()[0], &message("/x", vec![OscType::Int(1)]))
+        .await;
+    wait_for_count(&outside.handle.stats().not_allowed, 1).await;
+    assert!(timeout(Duration::from_millis(200), outside.inbound.recv()).await.is_err());
+
+    let mut config = OscConfig { listen: vec![loopback()], ..OscConfig::default() };
+    config.allow_from = vec![scbridge::osc::config::Network::parse("127.0.0.1").expect("host")];
+    let mut inside = start(config, 16).await;
+    send_packet(&sender, inside.handle.listen_addrs()[0], &message("/x", vec![OscType::Int(1)]))
+        .await;
+    assert_eq!(next_message(&mut inside).await, Message::value(SourceKind::Osc, "/x", json!(1)));
+}

@@ -21,6 +21,8 @@ pub struct RawOsc {
     pub targets: BTreeMap<String, RawOscTarget>,
     pub max_packet_bytes: Option<usize>,
     pub queue_size: Option<usize>,
+    /// Senders allowed to reach the listeners: `"192.168.1.0/24"`, `"10.0.0.5"`.
+    pub allow_from: Option<Vec<String>>,
 }
 
 /// One `[osc.targets]` entry: `td = "127.0.0.1:7000"` or
@@ -47,6 +49,53 @@ pub struct OscConfig {
     pub max_packet_bytes: usize,
     /// Outgoing messages held for the sender task before new ones are dropped.
     pub queue_size: usize,
+    /// When not empty, only these senders are heard; others are counted.
+    pub allow_from: Vec<Network>,
+}
+
+/// An address range: an IP and how many leading bits must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Network {
+    /// Parses `10.0.0.0/8`, `::1/128` or a bare address (a single host).
+    pub fn parse(text: &str) -> Result<Network, String> {
+        let (ip, prefix) = text.split_once('/').unwrap_or((text, ""));
+        let addr: IpAddr =
+            ip.trim().parse().map_err(|_| format!("{text:?} is not an IP address or network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() {
+            max
+        } else {
+            prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix must be 0 to {max}"))?
+        };
+        Ok(Network { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            _ => ip,
+        };
+        let bits = |a: IpAddr| -> u128 {
+            match a {
+                IpAddr::V4(v4) => u128::from(u32::from(v4)) << 96,
+                IpAddr::V6(v6) => u128::from(v6),
+            }
+        };
+        if self.addr.is_ipv4() != ip.is_ipv4() {
+            return false;
+        }
+        let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix)) };
+        bits(self.addr) & mask == bits(ip) & mask
+    }
 }
 
 impl Default for OscConfig {
@@ -55,6 +104,7 @@ impl Default for OscConfig {
             listen: Vec::new(),
             targets: Vec::new(),
             max_packet_bytes: MAX_UDP_PAYLOAD,
+            allow_from: Vec::new(),
             queue_size: 4096,
         }
     }
@@ -130,6 +180,11 @@ pub fn validate(raw: &RawOsc) -> Result<OscConfig, Problem> {
         }
         config.max_packet_bytes = bytes;
     }
+    for (index, text) in raw.allow_from.iter().flatten().enumerate() {
+        let network = Network::parse(text)
+            .map_err(|message| Problem::new(format!("osc.allow_from[{index}]"), message))?;
+        config.allow_from.push(network);
+    }
     if let Some(size) = raw.queue_size {
         if size == 0 {
             return Err(Problem::new("osc.queue_size", "must be at least 1"));
@@ -142,6 +197,11 @@ pub fn validate(raw: &RawOsc) -> Result<OscConfig, Problem> {
 /// Resolves `host:port`, preferring IPv4 (a `localhost` that also means
 /// `::1` should not pick the address family the other side may not use).
 fn resolve(text: &str) -> Result<SocketAddr, String> {
+    // A bare port listens on loopback: nothing is opened to the network
+    // unless an address says so.
+    if let Ok(port) = text.trim().parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
     let candidates: Vec<SocketAddr> = text
         .to_socket_addrs()
         .map_err(|err| format!("{text:?} is not a usable host:port address ({err})"))?
@@ -302,6 +362,36 @@ mod tests {
         assert!(
             toml::from_str::<RawOsc>("[targets]\ntd = { address = \"h:1\", broadcst = true }\n")
                 .is_err()
+        );
+    }
+}
+
+#[cfg(test)]
+mod allow_list_tests {
+    use super::*;
+
+    #[test]
+    fn networks_match_their_hosts_only() {
+        let lan = Network::parse("192.168.1.0/24").expect("valid");
+        assert!(lan.contains("192.168.1.77".parse().expect("ip")));
+        assert!(!lan.contains("192.168.2.1".parse().expect("ip")));
+        assert!(lan.contains("::ffff:192.168.1.5".parse().expect("ip")));
+        let host = Network::parse("10.0.0.5").expect("valid");
+        assert!(host.contains("10.0.0.5".parse().expect("ip")));
+        assert!(!host.contains("10.0.0.6".parse().expect("ip")));
+        assert!(Network::parse("10.0.0.0/33").is_err());
+        assert!(Network::parse("nonsense").is_err());
+        assert!(
+            Network::parse("0.0.0.0/0").expect("valid").contains("8.8.8.8".parse().expect("ip"))
+        );
+    }
+
+    #[test]
+    fn a_bare_port_listens_on_loopback() {
+        let raw = RawOsc { listen: Some(vec!["9000".into()]), ..RawOsc::default() };
+        assert_eq!(
+            validate(&raw).expect("valid").listen,
+            vec![SocketAddr::from(([127, 0, 0, 1], 9000))]
         );
     }
 }

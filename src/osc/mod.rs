@@ -47,6 +47,8 @@ crate::stats::counters! {
         oversized_packets,
         /// Datagrams from our own send socket; ignored to prevent loops.
         own_echoes,
+        /// Packets from senders outside `allow_from`.
+        not_allowed,
         /// Received messages dropped because the inbound queue was full.
         inbound_queue_full,
         /// Messages sent (one UDP datagram each).
@@ -129,6 +131,7 @@ impl OscEndpoint {
                 socket,
                 addr: *addr,
                 max_packet_bytes: config.max_packet_bytes,
+                allow_from: config.allow_from.clone(),
                 own: Arc::clone(&own),
                 inbound: inbound.clone(),
                 stats: Arc::clone(&stats),
@@ -268,6 +271,7 @@ struct Listener {
     socket: UdpSocket,
     addr: SocketAddr,
     max_packet_bytes: usize,
+    allow_from: Vec<config::Network>,
     own: Arc<OwnSender>,
     inbound: mpsc::Sender<Message>,
     stats: Arc<OscStats>,
@@ -302,6 +306,14 @@ impl Listener {
                 }
             };
             bump(&self.stats.packets_in);
+            if !self.allow_from.is_empty() && !self.allow_from.iter().any(|n| n.contains(from.ip()))
+            {
+                let count = count(&self.stats.not_allowed);
+                if worth_logging(count) {
+                    tracing::warn!(listen = %self.addr, %from, count, "OSC from a sender outside allow_from; dropped");
+                }
+                continue;
+            }
             if self.own.is_own(from) {
                 bump(&self.stats.own_echoes);
                 tracing::debug!(listen = %self.addr, %from, "ignored our own packet");
