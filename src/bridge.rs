@@ -5,18 +5,21 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cables::{Cables, Received};
-use crate::config::Config;
+use crate::config::{ChannelSubscription, Config};
+use crate::http::RecentLog;
 use crate::message::{Body, Message, SourceKind};
-use crate::mqtt::{MqttEndpoint, MqttHandle, MqttOut, Subscription};
+use crate::mqtt::{MqttEndpoint, MqttHandle, MqttOut, PayloadFormat, QoS, Subscription};
+use crate::osc::mapping::OscOutOptions;
 use crate::osc::{OscEndpoint, OscHandle, OscOut};
 use crate::route::{Outbound, RouteId, RoutingTable, Skip, Target};
 use crate::sc::{Incoming, InvokeError, LinkState, ScClient};
@@ -24,6 +27,10 @@ use crate::stats::{bump, worth_logging};
 
 /// Messages from OSC and MQTT waiting for the router.
 const INBOUND_QUEUE: usize = 8192;
+/// Control commands waiting for the router.
+const CONTROL_QUEUE: usize = 64;
+/// Last values kept for `resend`, one per route, destination and name.
+const RESEND_MEMORY: usize = 10_000;
 /// How long our own publish on a plain SocketCluster channel is expected back.
 const ECHO_WINDOW: Duration = Duration::from_secs(5);
 /// How many own publishes are remembered for echo suppression.
@@ -70,6 +77,14 @@ crate::stats::counters! {
         unlisted_channels,
         /// Invokes to the server that failed or timed out.
         failed_invokes,
+        /// Control messages carried out.
+        control_commands,
+        /// Control messages that made no sense.
+        bad_control_commands,
+        /// Config reloads applied.
+        reloads,
+        /// Last values not remembered for `resend` (the memory was full).
+        resend_memory_full,
     }
 }
 
@@ -80,6 +95,8 @@ pub enum BridgeError {
     Osc(#[from] crate::osc::OscError),
     #[error(transparent)]
     Mqtt(#[from] crate::mqtt::MqttError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
 }
 
 /// Remembers our own publishes on plain SocketCluster channels, which carry
@@ -231,137 +248,267 @@ fn value_of(body: Body, name: &str) -> Value {
     }
 }
 
-/// A running bridge: its handles and counters, for the caller and tests.
-pub struct Running {
+/// What can be asked of a running bridge, from signals, OSC or MQTT.
+#[derive(Debug)]
+pub enum Control {
+    /// Apply a new, already validated config.
+    Reload(Box<Config>, oneshot::Sender<ReloadReport>),
+    /// The SocketCluster link's active toggle.
+    SetActive(bool),
+    /// Disconnect and reconnect the SocketCluster link.
+    Reset,
+    /// Switch one route on or off by name.
+    SetRouteEnabled { name: String, enabled: bool },
+    /// Send the last value of every state route again.
+    Resend,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub socketcluster_reconnected: bool,
+    pub osc_restarted: bool,
+    pub mqtt_restarted: bool,
+    pub routes: usize,
+}
+
+/// The bridge as it is now (it changes on reload): for metrics and tests.
+#[derive(Clone)]
+pub struct View {
+    pub table: Arc<RoutingTable>,
+    pub routes: Arc<Vec<RouteStats>>,
     pub sc: ScClient,
     pub osc: Option<OscHandle>,
     pub mqtt: Option<MqttHandle>,
-    pub routes: Arc<Vec<RouteStats>>,
+    /// Runtime overrides of routes' `enabled`, by route name.
+    pub enabled: HashMap<String, bool>,
+}
+
+/// A running bridge.
+pub struct Running {
     pub stats: Arc<BridgeStats>,
-    pub table: Arc<RoutingTable>,
+    recent: Arc<RecentLog>,
+    alive: Arc<AtomicBool>,
+    view: Arc<RwLock<View>>,
+    control: mpsc::Sender<Control>,
     task: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
 }
 
 impl Running {
-    /// Stops taking input, closes the links cleanly (MQTT says `offline`)
-    /// and waits for the router task.
+    /// A copy of the current view.
+    pub fn view(&self) -> View {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The shared view, for a metrics listener that outlives reloads.
+    pub fn shared_view(&self) -> Arc<RwLock<View>> {
+        self.view.clone()
+    }
+
+    pub fn sc(&self) -> ScClient {
+        self.view().sc
+    }
+
+    /// The last routed messages (`[http] max_lines` of them).
+    pub fn recent(&self) -> Arc<RecentLog> {
+        self.recent.clone()
+    }
+
+    /// True while the router task runs.
+    pub fn alive(&self) -> Arc<AtomicBool> {
+        self.alive.clone()
+    }
+
+    pub fn osc(&self) -> Option<OscHandle> {
+        self.view().osc
+    }
+
+    pub fn mqtt(&self) -> Option<MqttHandle> {
+        self.view().mqtt
+    }
+
+    pub fn routes(&self) -> Arc<Vec<RouteStats>> {
+        self.view().routes
+    }
+
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.view().table
+    }
+
+    /// Sends a control command to the router task.
+    pub async fn control(&self, control: Control) {
+        let _ = self.control.send(control).await;
+    }
+
+    /// Applies a new config; links whose settings did not change stay up.
+    pub async fn reload(&self, config: Config) -> ReloadReport {
+        let (reply, report) = oneshot::channel();
+        self.control(Control::Reload(Box::new(config), reply)).await;
+        report.await.unwrap_or_default()
+    }
+
+    /// Stops taking input, sends what is queued, closes the links cleanly
+    /// (MQTT says `offline`) and waits for the router task.
     pub async fn stop(self) {
+        let view = self.view();
         // MQTT first, while its task still runs: a clean DISCONNECT after an
         // explicit `offline`, not the last will of a dropped connection.
-        if let Some(mqtt) = &self.mqtt {
+        if let Some(mqtt) = &view.mqtt {
             mqtt.shutdown().await;
         }
         self.shutdown.cancel();
         let _ = self.task.await;
-        self.sc.shutdown().await;
+        view.sc.shutdown().await;
     }
 
-    /// Resolves when the router task ended.
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
 }
 
-/// Starts every configured endpoint and the router task.
-pub async fn start(config: Config) -> Result<Running, BridgeError> {
-    let shutdown = CancellationToken::new();
-    let table = Arc::new(RoutingTable::new(config.routes.clone()));
-    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
-
-    let osc = match &config.osc {
-        Some(osc) => {
-            Some(OscEndpoint::start(osc, inbound_tx.clone(), shutdown.child_token()).await?)
+/// The SocketCluster channels a config needs: cables, plain channel
+/// sources, and the monitored ones.
+fn sc_subscriptions(config: &Config) -> Vec<ChannelSubscription> {
+    let mut wanted: Vec<ChannelSubscription> = Vec::new();
+    let mut add = |channel: &str, wait_for_auth: bool| {
+        if !wanted.iter().any(|s| s.channel == channel) {
+            wanted.push(ChannelSubscription { channel: channel.to_owned(), wait_for_auth });
         }
-        None => None,
     };
-    let mqtt = match &config.mqtt {
-        Some(mqtt) => Some(MqttEndpoint::start(
-            mqtt.clone(),
-            mqtt_subscriptions(&table),
-            inbound_tx.clone(),
-            shutdown.child_token(),
-        )?),
-        None => None,
-    };
-    drop(inbound_tx);
-
-    let (sc, sc_incoming) = ScClient::start(config.socketcluster.clone());
-    let cables = config.cables.clone().map(Cables::new);
-    let mut channels: HashSet<String> = HashSet::new();
-    if let Some(cables) = &cables {
-        for channel in cables.channels() {
-            sc.subscribe(channel, false).await;
-            channels.insert(channel.to_owned());
+    if let Some(cables) = &config.cables {
+        for channel in Cables::new(cables.clone()).channels() {
+            add(channel, false);
         }
     }
-    let mut raw_channels = HashSet::new();
-    let mut events = HashSet::new();
-    for route in table.routes() {
-        match route.source.kind {
-            SourceKind::ScChannel => {
-                let channel = route.source.pattern.text.clone();
-                sc.subscribe(&channel, route.source.wait_for_auth).await;
-                raw_channels.insert(channel);
-            }
-            SourceKind::ScEvent => {
-                events.insert(route.source.pattern.text.clone());
-            }
-            _ => {}
-        }
+    for route in config.routes.iter().filter(|r| r.source.kind == SourceKind::ScChannel) {
+        add(&route.source.pattern.text, route.source.wait_for_auth);
     }
-    let mut monitored = HashSet::new();
     for sub in &config.subscribe {
-        sc.subscribe(&sub.channel, sub.wait_for_auth).await;
-        monitored.insert(sub.channel.clone());
+        add(&sub.channel, sub.wait_for_auth);
     }
-
-    let routes: Arc<Vec<RouteStats>> =
-        Arc::new(table.routes().iter().map(|_| RouteStats::default()).collect());
-    let stats = Arc::new(BridgeStats::default());
-    let outputs = Outputs {
-        sc: sc.clone(),
-        cables: cables.as_ref().map(|c| {
-            Arc::new(CablesOut {
-                cables: Cables::new(c.config().clone()),
-                can_send: AtomicBool::new(c.can_send()),
-            })
-        }),
-        osc: osc.clone(),
-        mqtt: mqtt.clone(),
-        routes: routes.clone(),
-        stats: stats.clone(),
-        echoes: Arc::default(),
-    };
-    let router = Router {
-        table: table.clone(),
-        outputs,
-        cables,
-        raw_channels,
-        events,
-        monitored,
-        enabled: HashMap::new(),
-        out: Vec::new(),
-        skipped: Vec::new(),
-    };
-    let task = tokio::spawn(router.run(sc_incoming, inbound_rx, sc.link_state(), shutdown.clone()));
-    Ok(Running { sc, osc, mqtt, routes, stats, table, task, shutdown })
+    wanted
 }
 
-/// One subscription per distinct filter, at the highest QoS any route asks.
-fn mqtt_subscriptions(table: &RoutingTable) -> Vec<Subscription> {
+/// One subscription per distinct filter, at the highest QoS any route asks,
+/// plus the control prefix.
+fn mqtt_subscriptions(config: &Config) -> Vec<Subscription> {
     let mut by_filter: Vec<Subscription> = Vec::new();
-    for route in table.routes().iter().filter(|r| r.source.kind == SourceKind::Mqtt) {
-        let filter = route.source.pattern.to_mqtt_filter();
-        match by_filter.iter_mut().find(|s| s.filter == filter) {
-            Some(existing) => existing.qos = existing.qos.max(route.source.qos),
-            None => by_filter.push(Subscription { filter, qos: route.source.qos }),
-        }
+    let mut add = |filter: String, qos: QoS| match by_filter.iter_mut().find(|s| s.filter == filter)
+    {
+        Some(existing) => existing.qos = existing.qos.max(qos),
+        None => by_filter.push(Subscription { filter, qos }),
+    };
+    for route in config.routes.iter().filter(|r| r.source.kind == SourceKind::Mqtt) {
+        add(route.source.pattern.to_mqtt_filter(), route.source.qos);
+    }
+    if let Some(prefix) = &config.control.mqtt {
+        add(format!("{prefix}/#"), QoS::AtLeastOnce);
     }
     by_filter
 }
 
+/// The endpoints' own cancellation, so one can be restarted alone.
+struct Endpoint<H> {
+    handle: H,
+    stop: CancellationToken,
+}
+
+async fn start_osc(
+    config: &Config,
+    inbound: &mpsc::Sender<Message>,
+    parent: &CancellationToken,
+) -> Result<Option<Endpoint<OscHandle>>, BridgeError> {
+    let Some(osc) = &config.osc else { return Ok(None) };
+    let stop = parent.child_token();
+    let handle = OscEndpoint::start(osc, inbound.clone(), stop.clone()).await?;
+    Ok(Some(Endpoint { handle, stop }))
+}
+
+fn start_mqtt(
+    config: &Config,
+    inbound: &mpsc::Sender<Message>,
+    parent: &CancellationToken,
+) -> Result<Option<Endpoint<MqttHandle>>, BridgeError> {
+    let Some(mqtt) = &config.mqtt else { return Ok(None) };
+    let stop = parent.child_token();
+    let handle = MqttEndpoint::start(
+        mqtt.clone(),
+        mqtt_subscriptions(config),
+        inbound.clone(),
+        stop.clone(),
+    )?;
+    Ok(Some(Endpoint { handle, stop }))
+}
+
+/// Starts every configured endpoint and the router task. Only local
+/// resources can fail here (an OSC port, a TLS file); remote peers being
+/// down is just a retry.
+pub async fn start(config: Config) -> Result<Running, BridgeError> {
+    let shutdown = CancellationToken::new();
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let osc = start_osc(&config, &inbound_tx, &shutdown).await?;
+    let mqtt = start_mqtt(&config, &inbound_tx, &shutdown)?;
+    let (sc, sc_incoming) = ScClient::start(config.socketcluster.clone());
+    for sub in sc_subscriptions(&config) {
+        sc.subscribe(&sub.channel, sub.wait_for_auth).await;
+    }
+    let table = Arc::new(RoutingTable::new(config.routes.clone()));
+    let routes: Arc<Vec<RouteStats>> =
+        Arc::new(table.routes().iter().map(|_| RouteStats::default()).collect());
+    let stats = Arc::new(BridgeStats::default());
+    let view = Arc::new(RwLock::new(View {
+        table: table.clone(),
+        routes: routes.clone(),
+        sc: sc.clone(),
+        osc: osc.as_ref().map(|e| e.handle.clone()),
+        mqtt: mqtt.as_ref().map(|e| e.handle.clone()),
+        enabled: HashMap::new(),
+    }));
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let recent = Arc::new(RecentLog::new(config.http.as_ref().map_or(0, |h| h.max_lines)));
+    let alive = Arc::new(AtomicBool::new(true));
+    let mut router = Router {
+        recent: recent.clone(),
+        alive: alive.clone(),
+        link: sc.link_state(),
+        outputs: Outputs {
+            sc,
+            cables: None,
+            osc: osc.as_ref().map(|e| e.handle.clone()),
+            mqtt: mqtt.as_ref().map(|e| e.handle.clone()),
+            routes,
+            stats: stats.clone(),
+            echoes: Arc::default(),
+        },
+        cables: None,
+        raw_channels: HashSet::new(),
+        events: HashSet::new(),
+        monitored: HashSet::new(),
+        enabled: HashMap::new(),
+        last_values: HashMap::new(),
+        out: Vec::new(),
+        skipped: Vec::new(),
+        table,
+        osc,
+        mqtt,
+        sc_incoming,
+        inbound: inbound_rx,
+        inbound_tx,
+        controls: control_rx,
+        view: view.clone(),
+        shutdown: shutdown.clone(),
+        config: config.clone(),
+    };
+    router.adopt(&config);
+    let task = tokio::spawn(router.run());
+    Ok(Running { stats, recent, alive, view, control: control_tx, task, shutdown })
+}
+
 struct Router {
+    config: Config,
+    recent: Arc<RecentLog>,
+    alive: Arc<AtomicBool>,
     table: Arc<RoutingTable>,
     outputs: Outputs,
     cables: Option<Cables>,
@@ -370,47 +517,244 @@ struct Router {
     monitored: HashSet<String>,
     /// Runtime overrides of routes' `enabled`.
     enabled: HashMap<RouteId, bool>,
+    /// The last output of every state route, for `resend`.
+    last_values: HashMap<(usize, usize, String), Outbound>,
     out: Vec<Outbound>,
     skipped: Vec<(RouteId, Skip)>,
+    osc: Option<Endpoint<OscHandle>>,
+    mqtt: Option<Endpoint<MqttHandle>>,
+    sc_incoming: mpsc::Receiver<Incoming>,
+    link: watch::Receiver<LinkState>,
+    inbound: mpsc::Receiver<Message>,
+    /// Kept to hand to endpoints restarted by a reload.
+    inbound_tx: mpsc::Sender<Message>,
+    controls: mpsc::Receiver<Control>,
+    view: Arc<RwLock<View>>,
+    shutdown: CancellationToken,
 }
 
 impl Router {
-    async fn run(
-        mut self,
-        mut sc_incoming: mpsc::Receiver<Incoming>,
-        mut inbound: mpsc::Receiver<Message>,
-        mut link: tokio::sync::watch::Receiver<LinkState>,
-        shutdown: CancellationToken,
-    ) {
-        let mut inbound_open = true;
+    /// Takes the parts of a config that need no restart: what to listen to,
+    /// the cables state, the control settings.
+    fn adopt(&mut self, config: &Config) {
+        let cables_changed = self.cables.as_ref().map(|c| c.config()) != config.cables.as_ref();
+        if cables_changed || self.cables.is_none() {
+            self.cables = config.cables.clone().map(Cables::new);
+            self.outputs.cables = self.cables.as_ref().map(|c| {
+                Arc::new(CablesOut {
+                    cables: Cables::new(c.config().clone()),
+                    can_send: AtomicBool::new(c.can_send()),
+                })
+            });
+        }
+        self.raw_channels = config
+            .routes
+            .iter()
+            .filter(|r| r.source.kind == SourceKind::ScChannel)
+            .map(|r| r.source.pattern.text.clone())
+            .collect();
+        self.events = config
+            .routes
+            .iter()
+            .filter(|r| r.source.kind == SourceKind::ScEvent)
+            .map(|r| r.source.pattern.text.clone())
+            .collect();
+        self.monitored = config.subscribe.iter().map(|s| s.channel.clone()).collect();
+    }
+
+    fn publish_view(&self) {
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        view.table = self.table.clone();
+        view.routes = self.outputs.routes.clone();
+        view.sc = self.outputs.sc.clone();
+        view.osc = self.outputs.osc.clone();
+        view.mqtt = self.outputs.mqtt.clone();
+        view.enabled = self
+            .enabled
+            .iter()
+            .filter_map(|(id, on)| self.table.route_by_id(*id).map(|r| (r.name.clone(), *on)))
+            .collect();
+    }
+
+    async fn run(mut self) {
+        self.publish_status();
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
-                incoming = sc_incoming.recv() => match incoming {
+                _ = self.shutdown.cancelled() => break,
+                control = self.controls.recv() => match control {
+                    Some(control) => self.apply(control).await,
+                    None => break,
+                },
+                incoming = self.sc_incoming.recv() => match incoming {
                     Some(incoming) => self.take_socketcluster(incoming),
                     None => break,
                 },
-                message = inbound.recv(), if inbound_open => match message {
-                    Some(message) => self.route(message),
-                    None => inbound_open = false,
-                },
-                changed = link.changed() => {
+                Some(message) = self.inbound.recv() => self.route(message),
+                changed = self.link.changed() => {
                     if changed.is_err() {
                         break;
                     }
-                    let connected = link.borrow_and_update().is_connected();
+                    let connected = self.link.borrow_and_update().is_connected();
                     if connected {
                         self.announce();
                     }
+                    self.publish_status();
                 }
             }
         }
+        self.alive.store(false, Ordering::Relaxed);
+    }
+
+    async fn apply(&mut self, control: Control) {
+        match control {
+            Control::Reload(config, reply) => {
+                let report = self.reload(*config).await;
+                let _ = reply.send(report);
+            }
+            other => self.apply_now(other),
+        }
+    }
+
+    /// Applies a new config: routes and subscriptions change in place; a link
+    /// is restarted only when its own settings changed.
+    async fn reload(&mut self, config: Config) -> ReloadReport {
+        let mut report = ReloadReport { routes: config.routes.len(), ..ReloadReport::default() };
+        let old_subscriptions = sc_subscriptions(&self.config);
+        let new_subscriptions = sc_subscriptions(&config);
+        if config.socketcluster != self.config.socketcluster {
+            self.outputs.sc.shutdown().await;
+            let (sc, incoming) = ScClient::start(config.socketcluster.clone());
+            for sub in &new_subscriptions {
+                sc.subscribe(&sub.channel, sub.wait_for_auth).await;
+            }
+            self.link = sc.link_state();
+            self.sc_incoming = incoming;
+            self.outputs.sc = sc;
+            report.socketcluster_reconnected = true;
+        } else {
+            for old in old_subscriptions.iter().filter(|o| !new_subscriptions.contains(o)) {
+                self.outputs.sc.unsubscribe(&old.channel).await;
+            }
+            for new in new_subscriptions.iter().filter(|n| !old_subscriptions.contains(n)) {
+                self.outputs.sc.subscribe(&new.channel, new.wait_for_auth).await;
+            }
+        }
+        if config.osc != self.config.osc {
+            if let Some(old) = self.osc.take() {
+                old.stop.cancel();
+                old.handle.stopped().await;
+            }
+            match start_osc(&config, &self.inbound_tx, &self.shutdown).await {
+                Ok(osc) => self.osc = osc,
+                Err(err) => {
+                    tracing::error!(error = %err, "reload: the OSC endpoint could not start")
+                }
+            }
+            self.outputs.osc = self.osc.as_ref().map(|e| e.handle.clone());
+            report.osc_restarted = true;
+        }
+        if config.mqtt != self.config.mqtt
+            || mqtt_subscriptions(&config) != mqtt_subscriptions(&self.config)
+        {
+            if let Some(old) = self.mqtt.take() {
+                old.handle.shutdown().await;
+                old.stop.cancel();
+            }
+            match start_mqtt(&config, &self.inbound_tx, &self.shutdown) {
+                Ok(mqtt) => self.mqtt = mqtt,
+                Err(err) => {
+                    tracing::error!(error = %err, "reload: the MQTT endpoint could not start")
+                }
+            }
+            self.outputs.mqtt = self.mqtt.as_ref().map(|e| e.handle.clone());
+            report.mqtt_restarted = true;
+        }
+        // Routes: counters and runtime switches carry over by route name.
+        let old_table = self.table.clone();
+        let old_stats = self.outputs.routes.clone();
+        let table = Arc::new(RoutingTable::new(config.routes.clone()));
+        let stats: Vec<RouteStats> = table
+            .routes()
+            .iter()
+            .map(|route| {
+                let fresh = RouteStats::default();
+                if let Some(old) = old_table.find(&route.name).and_then(|id| old_stats.get(id.0)) {
+                    for ((_, value), (_, counter)) in
+                        old.snapshot().into_iter().zip(fresh.counters())
+                    {
+                        counter.store(value, Ordering::Relaxed);
+                    }
+                }
+                fresh
+            })
+            .collect();
+        self.enabled = std::mem::take(&mut self.enabled)
+            .into_iter()
+            .filter_map(|(id, on)| {
+                let name = &old_table.route_by_id(id)?.name;
+                table.find(name).map(|new_id| (new_id, on))
+            })
+            .collect();
+        self.table = table;
+        self.outputs.routes = Arc::new(stats);
+        self.last_values.clear();
+        self.adopt(&config);
+        self.config = config;
+        self.publish_view();
+        bump(&self.outputs.stats.reloads);
+        tracing::info!(?report, "config reloaded");
+        if report.socketcluster_reconnected || report.mqtt_restarted || report.osc_restarted {
+            self.publish_status();
+        }
+        report
     }
 
     /// Tells the other cables clients whether we send, after every connect.
     fn announce(&self) {
         if let Some(cables) = &self.cables {
             self.outputs.sc.publish(cables.control_channel(), &cables.announcement());
+        }
+    }
+
+    /// Publishes the SocketCluster link state: retained on MQTT, 1/0 on OSC.
+    fn publish_status(&self) {
+        let state = self.link.borrow().clone();
+        let connected = state.is_connected();
+        let control = &self.config.control;
+        if let (Some(topic), Some(mqtt)) = (&control.status_topic, &self.outputs.mqtt) {
+            let body = match &state {
+                LinkState::Connected { socket_id, authenticated } => {
+                    serde_json::json!({"state": "connected", "socket_id": socket_id, "authenticated": authenticated})
+                }
+                LinkState::Connecting { attempt } => {
+                    serde_json::json!({"state": "connecting", "attempt": attempt})
+                }
+                LinkState::Disconnected { reason, code, .. } => {
+                    serde_json::json!({"state": "disconnected", "reason": reason, "code": code})
+                }
+                LinkState::Inactive => serde_json::json!({"state": "inactive"}),
+            };
+            let out = MqttOut {
+                topic: topic.clone(),
+                body: Body::Value(body),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                format: PayloadFormat::Json,
+            };
+            if mqtt.send(out).is_err() {
+                tracing::debug!("the link status could not be queued for MQTT");
+            }
+        }
+        if let (Some((target, address)), Some(osc)) = (&control.osc_status, &self.outputs.osc) {
+            let out = OscOut {
+                target: *target,
+                address: address.clone(),
+                body: Body::Value(Value::from(u8::from(connected))),
+                options: Arc::new(OscOutOptions::default()),
+            };
+            if osc.send(out).is_err() {
+                tracing::debug!("the link status could not be queued for OSC");
+            }
         }
     }
 
@@ -468,7 +812,35 @@ impl Router {
         }
     }
 
+    /// A control message from OSC or MQTT, if this is one.
+    fn control_command(&self, message: &Message) -> Option<Result<Control, String>> {
+        let prefix = match message.source {
+            SourceKind::Osc => self.config.control.osc.as_deref(),
+            SourceKind::Mqtt => self.config.control.mqtt.as_deref(),
+            _ => None,
+        }?;
+        let command = message.name.strip_prefix(prefix)?.strip_prefix('/')?;
+        let value = match &message.body {
+            Body::Value(value) => value.clone(),
+            Body::Trigger => Value::Null,
+        };
+        Some(parse_control(command, &value))
+    }
+
     fn route(&mut self, message: Message) {
+        if let Some(command) = self.control_command(&message) {
+            match command {
+                Ok(control) => {
+                    bump(&self.outputs.stats.control_commands);
+                    self.apply_now(control);
+                }
+                Err(why) => {
+                    bump(&self.outputs.stats.bad_control_commands);
+                    tracing::warn!(name = %message.name, why, "ignored a control message");
+                }
+            }
+            return;
+        }
         let stats = &self.outputs.stats;
         bump(&stats.messages);
         self.out.clear();
@@ -489,6 +861,9 @@ impl Router {
             }
             return;
         }
+        if self.recent.capacity() > 0 {
+            self.remember(&message);
+        }
         let mut counted = None;
         for (id, skip) in self.skipped.drain(..) {
             let route_stats = &self.outputs.routes[id.0];
@@ -503,20 +878,167 @@ impl Router {
             });
         }
         for out in self.out.drain(..) {
+            let route = &table.routes()[out.route.0];
             if counted != Some(out.route) {
                 bump(&self.outputs.routes[out.route.0].matched);
                 counted = Some(out.route);
             }
-            let delay = table.routes()[out.route.0].delay;
-            if delay.is_zero() {
+            if !route.carries_triggers() {
+                let key = (out.route.0, out.destination, out.name.clone());
+                if self.last_values.len() < RESEND_MEMORY || self.last_values.contains_key(&key) {
+                    self.last_values.insert(key, out.clone());
+                } else {
+                    bump(&stats.resend_memory_full);
+                }
+            }
+            if route.delay.is_zero() {
                 self.outputs.send(out);
             } else {
                 let outputs = self.outputs.clone();
+                let delay = route.delay;
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
                     outputs.send(out);
                 });
             }
         }
+    }
+
+    /// Adds a routed message to `/recent`, before its outputs go.
+    fn remember(&self, message: &Message) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let outputs: Vec<Value> = self
+            .out
+            .iter()
+            .map(
+                |o| serde_json::json!({"route": self.table.routes()[o.route.0].name, "to": o.name}),
+            )
+            .collect();
+        let value = match &message.body {
+            Body::Value(value) => value.clone(),
+            Body::Trigger => Value::String("(trigger)".into()),
+        };
+        self.recent.push(serde_json::json!({
+            "time_ms": now,
+            "source": message.source.key(),
+            "name": message.name,
+            "value": value,
+            "outputs": outputs,
+            "skipped": self.skipped.len(),
+        }));
+    }
+
+    /// Carries out a control command (a reload excepted). The SocketCluster
+    /// ones are handed to the link without waiting here.
+    fn apply_now(&mut self, control: Control) {
+        match control {
+            Control::SetActive(active) => {
+                tracing::info!(active, "control: SocketCluster link active");
+                let sc = self.outputs.sc.clone();
+                tokio::spawn(async move { sc.set_active(active).await });
+            }
+            Control::Reset => {
+                tracing::info!("control: SocketCluster link reset");
+                let sc = self.outputs.sc.clone();
+                tokio::spawn(async move { sc.reset().await });
+            }
+            Control::SetRouteEnabled { name, enabled } => match self.table.find(&name) {
+                Some(id) => {
+                    tracing::info!(route = %name, enabled, "control: route switched");
+                    self.enabled.insert(id, enabled);
+                    self.publish_view();
+                }
+                None => {
+                    bump(&self.outputs.stats.bad_control_commands);
+                    tracing::warn!(route = %name, "control: no route by that name");
+                }
+            },
+            Control::Resend => {
+                tracing::info!(
+                    values = self.last_values.len(),
+                    "control: sending every state route's last value again"
+                );
+                for out in self.last_values.values() {
+                    self.outputs.send(out.clone());
+                }
+            }
+            Control::Reload(..) => tracing::warn!("a reload can only come from the service"),
+        }
+    }
+}
+
+/// Reads a truthy value the way OSC and MQTT senders write one.
+fn truthy(value: &Value) -> Option<bool> {
+    match value {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => n.as_f64().map(|f| f != 0.0),
+        Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "1" | "on" | "true" | "yes" => Some(true),
+            "0" | "off" | "false" | "no" => Some(false),
+            _ => None,
+        },
+        Value::Array(items) if items.len() == 1 => truthy(&items[0]),
+        _ => None,
+    }
+}
+
+/// `active` 0/1, `reset`, `resend`, `route` [name, 0/1] or {name, enabled}.
+fn parse_control(command: &str, value: &Value) -> Result<Control, String> {
+    match command {
+        "active" => truthy(value).map(Control::SetActive).ok_or_else(|| "active needs 0/1".into()),
+        "reset" => Ok(Control::Reset),
+        "resend" => Ok(Control::Resend),
+        "route" => {
+            let (name, flag) = match value {
+                Value::Array(items) if items.len() == 2 => (items[0].as_str(), truthy(&items[1])),
+                Value::Object(fields) => (
+                    fields.get("name").and_then(Value::as_str),
+                    fields.get("enabled").and_then(truthy),
+                ),
+                _ => (None, None),
+            };
+            match (name, flag) {
+                (Some(name), Some(enabled)) => {
+                    Ok(Control::SetRouteEnabled { name: name.to_owned(), enabled })
+                }
+                _ => Err("route needs [name, 0/1] or {\"name\": ..., \"enabled\": ...}".into()),
+            }
+        }
+        other => Err(format!("unknown control command `{other}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn control_commands_read_osc_and_mqtt_shapes() {
+        assert!(matches!(parse_control("active", &json!(0.0)), Ok(Control::SetActive(false))));
+        assert!(matches!(parse_control("active", &json!("on")), Ok(Control::SetActive(true))));
+        assert!(matches!(parse_control("reset", &Value::Null), Ok(Control::Reset)));
+        assert!(matches!(
+            parse_control("route", &json!(["lights", 0])),
+            Ok(Control::SetRouteEnabled { name, enabled: false }) if name == "lights"
+        ));
+        assert!(matches!(
+            parse_control("route", &json!({"name": "lights", "enabled": true})),
+            Ok(Control::SetRouteEnabled { enabled: true, .. })
+        ));
+        assert!(parse_control("route", &json!(1)).is_err());
+        assert!(parse_control("explode", &json!(1)).is_err());
+        assert!(parse_control("active", &json!("maybe")).is_err());
+    }
+
+    #[test]
+    fn own_channel_publishes_are_recognised_once() {
+        let echoes = EchoFilter::default();
+        echoes.remember("notes", &json!({"a": 1}));
+        assert!(!echoes.is_echo("notes", &json!({"a": 2})));
+        assert!(echoes.is_echo("notes", &json!({"a": 1})));
+        assert!(!echoes.is_echo("notes", &json!({"a": 1})));
     }
 }

@@ -10,17 +10,23 @@
 //! - [`message`]: the neutral [`message::Message`] every endpoint speaks.
 //! - [`config`]: the TOML config, raw → validated, errors with key and line.
 //! - [`stats`]: named drop and traffic counters.
+//! - [`http`]: the optional loopback listener for `/metrics`, `/health` and `/recent`.
 //! - [`tls`]: rustls client settings shared by the links.
-//! - [`app`]: the daemon's top level (what `scbridge run` does).
+//! - [`explain`]: `check` and `explain`: the resolved config and dry runs.
+//! - [`service`]: the daemon: signals, systemd notify and watchdog, reload.
+//! - [`observe`]: what `/metrics`, `/health` and `/recent` show.
 
-pub mod app;
 pub mod bridge;
 pub mod cables;
 pub mod config;
+pub mod explain;
+pub mod http;
 pub mod message;
 pub mod mqtt;
+pub mod observe;
 pub mod osc;
 pub mod route;
 pub mod sc;
+pub mod service;
 pub mod stats;
 pub mod tls;

@@ -1,9 +1,12 @@
-//! The `scbridge` binary: parse the command line, load the config, run.
+//! The `scbridge` binary: command line, logging, config, exit codes.
+//!
+//! Exit codes: 0 clean shutdown or valid config; 1 the service could not
+//! start (a local port or file); 2 invalid config or usage.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use scbridge::config::Config;
 
 /// Bridges one SocketCluster connection to OSC and MQTT.
@@ -12,7 +15,7 @@ use scbridge::config::Config;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// The config file (also for the default `run`).
+    /// The config file.
     #[arg(
         long,
         short,
@@ -24,21 +27,49 @@ struct Cli {
     /// Log filter, e.g. `info` or `scbridge=debug` (RUST_LOG wins when set).
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// Log lines as text (journald-friendly) or JSON objects.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the bridge (the default).
     Run,
-    /// Validate the config and exit (0 valid, 2 invalid).
+    /// Validate the config, print the resolved routing table, exit 0 or 2.
     Check,
+    /// Dry run of one message: which routes match and what would be sent.
+    Explain {
+        /// Where it comes from: cables_object, cables_trigger, sc_channel,
+        /// sc_event, osc or mqtt.
+        source: String,
+        /// Its topic, trigger name, channel, event, OSC address or MQTT topic.
+        name: String,
+        /// Its value as JSON (default null; ignored for triggers).
+        value: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // No colour codes unless a person watches: journald stores them verbatim.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
@@ -50,6 +81,25 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {
             println!("{}: ok", cli.config.display());
+            print!("{}", scbridge::explain::describe(&config));
+            ExitCode::SUCCESS
+        }
+        Command::Explain { source, name, value } => {
+            let Some(kind) = scbridge::explain::source_kind(&source) else {
+                eprintln!(
+                    "scbridge: unknown source `{source}`; use cables_object, cables_trigger, sc_channel, sc_event, osc or mqtt"
+                );
+                return ExitCode::from(2);
+            };
+            let value = match value.map(|text| serde_json::from_str(&text)) {
+                None => None,
+                Some(Ok(value)) => Some(value),
+                Some(Err(err)) => {
+                    eprintln!("scbridge: the value is not JSON: {err} (quote strings: '\"text\"')");
+                    return ExitCode::from(2);
+                }
+            };
+            print!("{}", scbridge::explain::explain(&config, kind, &name, value));
             ExitCode::SUCCESS
         }
         Command::Run => {
@@ -60,7 +110,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match runtime.block_on(scbridge::app::run(config, shutdown_signal())) {
+            match runtime.block_on(scbridge::service::run(cli.config.clone(), config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("scbridge: {err}");
@@ -68,28 +118,5 @@ fn main() -> ExitCode {
                 }
             }
         }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

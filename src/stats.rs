@@ -15,6 +15,11 @@ macro_rules! counters {
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
                 vec![$( (stringify!($field), self.$field.load(std::sync::atomic::Ordering::Relaxed)), )*]
             }
+
+            /// Every counter by name, to read or carry over.
+            pub fn counters(&self) -> Vec<(&'static str, &std::sync::atomic::AtomicU64)> {
+                vec![$( (stringify!($field), &self.$field), )*]
+            }
         }
     };
 }

@@ -67,12 +67,12 @@ availability_topic = "scbridge/bridge-test/availability"
         let config =
             Config::from_toml(&self.config(routes), "test.toml").expect("valid test config");
         let running = bridge::start(config).await.expect("bridge starts");
-        let mut link = running.sc.link_state();
+        let mut link = running.sc().link_state();
         tokio::time::timeout(WAIT, link.wait_for(|s| s.is_connected()))
             .await
             .expect("sc up")
             .expect("alive");
-        let mut mqtt = running.mqtt.as_ref().expect("mqtt").link_state();
+        let mut mqtt = running.mqtt().expect("mqtt").link_state();
         tokio::time::timeout(
             WAIT,
             mqtt.wait_for(|s| *s == scbridge::mqtt::MqttLinkState::Connected),
@@ -87,7 +87,7 @@ availability_topic = "scbridge/bridge-test/availability"
 }
 
 fn osc_in(running: &Running) -> std::net::SocketAddr {
-    running.osc.as_ref().expect("osc").listen_addrs()[0]
+    running.osc().expect("osc").listen_addrs()[0]
 }
 
 /// Story 1: a cables patch feeds TouchDesigner and the broker at once: an
@@ -232,8 +232,8 @@ to = [{ mqtt = "house/td/*" }]
     // Nothing bounced: no second copy on either side.
     lights.expect_nothing(Duration::from_millis(500)).await;
     assert_eq!(cables.messages().len(), 2);
-    assert_eq!(get(&running.routes[0].sent), 1);
-    assert_eq!(get(&running.routes[1].sent), 1);
+    assert_eq!(get(&running.routes()[0].sent), 1);
+    assert_eq!(get(&running.routes()[1].sent), 1);
     running.stop().await;
 }
 
@@ -255,7 +255,7 @@ to = [{ osc = "/back/{1}" }]
 "#,
         )
         .await;
-    let mqtt = running.mqtt.clone().expect("mqtt");
+    let mqtt = running.mqtt().expect("mqtt");
 
     peers.broker.kill().await;
     let mut state = mqtt.link_state();
@@ -264,7 +264,7 @@ to = [{ osc = "/back/{1}" }]
         .expect("noticed")
         .expect("alive");
     send_osc(osc_in(&running), "/td/while-down", vec![OscType::Int(1)]).await;
-    wait_until(|| get(&running.routes[0].sent) == 1, WAIT, "handed to the MQTT endpoint").await;
+    wait_until(|| get(&running.routes()[0].sent) == 1, WAIT, "handed to the MQTT endpoint").await;
     peers.broker.restart().await;
     tokio::time::timeout(WAIT, state.wait_for(|s| *s == scbridge::mqtt::MqttLinkState::Connected))
         .await
@@ -336,7 +336,7 @@ to = [{ osc = "/in/*" }]
         .replace("availability_topic", "max_packet_bytes = 2048\navailability_topic");
     let running =
         bridge::start(Config::from_toml(&config, "t").expect("config")).await.expect("start");
-    let mqtt = running.mqtt.clone().expect("mqtt");
+    let mqtt = running.mqtt().expect("mqtt");
     let mut state = mqtt.link_state();
     tokio::time::timeout(WAIT, state.wait_for(|s| *s == scbridge::mqtt::MqttLinkState::Connected))
         .await

@@ -20,7 +20,7 @@ async fn start_bridge(server: &ScServer, td: &OscReceiver, toml: &str) -> Runnin
     let toml = toml.replace("{SC}", &server.url()).replace("{TD}", &td.addr().to_string());
     let config = Config::from_toml(&toml, "test.toml").expect("valid test config");
     let running = bridge::start(config).await.expect("bridge starts");
-    let mut link = running.sc.link_state();
+    let mut link = running.sc().link_state();
     tokio::time::timeout(WAIT, link.wait_for(|s| s.is_connected()))
         .await
         .expect("connected")
@@ -35,7 +35,7 @@ async fn subscribed(server: &ScServer, count: usize) {
 }
 
 fn osc_port(running: &Running) -> std::net::SocketAddr {
-    running.osc.as_ref().expect("osc configured").listen_addrs()[0]
+    running.osc().expect("osc configured").listen_addrs()[0]
 }
 
 const BASE: &str = r#"
@@ -97,8 +97,8 @@ to = [{ osc = "/td/bang" }]
         JsClient::publish(server.port(), "show/triggers", Some(trigger), 1, false).await;
     assert_eq!(publisher.wait_exit().await, 0);
     assert_eq!(td.next(WAIT).await, OscMessage { addr: "/td/bang".into(), args: vec![] });
-    assert_eq!(get(&running.routes[0].sent), 1);
-    assert_eq!(get(&running.routes[1].sent), 1);
+    assert_eq!(get(&running.routes()[0].sent), 1);
+    assert_eq!(get(&running.routes()[1].sent), 1);
     running.stop().await;
 }
 
@@ -240,7 +240,7 @@ to = [{ cables_object = "value" }]
     cables.next_line_with_prefix("PUBACK", WAIT).await;
     wait_until(|| get(&running.stats.control_messages) >= 1, WAIT, "the control message").await;
     send_osc(osc_port(&running), "/in", vec![OscType::Float(1.0)]).await;
-    wait_until(|| get(&running.routes[0].not_allowed) == 1, WAIT, "withheld").await;
+    wait_until(|| get(&running.routes()[0].not_allowed) == 1, WAIT, "withheld").await;
 
     let step_back = r#"{"topic":"cablescontrol","clientId":"rival","payload":{"allowSend":false}}"#;
     cables.send_line(&format!("ipub show/control {step_back}")).await;
@@ -255,7 +255,7 @@ to = [{ cables_object = "value" }]
             json!({"channel": "show/objects", "data": {"token": "abc", "topic": "value", "clientId": "bridge-1", "payload": 2}})
         ]
     );
-    assert_eq!(get(&running.routes[0].sent), 1);
+    assert_eq!(get(&running.routes()[0].sent), 1);
     running.stop().await;
 }
 
@@ -281,7 +281,7 @@ to = [{ cables_object = "from-osc" }]
     );
     let running = start_bridge(&server, &td, &config).await;
     subscribed(&server, 3).await;
-    let osc = running.osc.clone().expect("osc");
+    let osc = running.osc().expect("osc");
 
     send_bytes(osc_port(&running), b"not osc at all").await;
     send_bytes(osc_port(&running), &[0xff; 7]).await;
@@ -349,8 +349,8 @@ to = [{ cables_object = "mix/*" }]
     // The bridge's own envelope comes back from the server but goes no further.
     wait_until(|| get(&running.stats.own_echoes) == 1, WAIT, "the echo dropped").await;
     assert_eq!(td.try_next(Duration::from_millis(300)).await, None);
-    assert_eq!(get(&running.routes[0].matched), 1);
-    assert_eq!(get(&running.routes[1].matched), 1);
+    assert_eq!(get(&running.routes()[0].matched), 1);
+    assert_eq!(get(&running.routes()[1].matched), 1);
     running.stop().await;
 }
 

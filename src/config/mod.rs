@@ -34,6 +34,30 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     /// The `[[route]]` entries, in file order.
     pub routes: Vec<Route>,
+    pub control: ControlConfig,
+    /// The observability listener, when configured.
+    pub http: Option<HttpConfig>,
+}
+
+/// Runtime control and status publishing (`[control]`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ControlConfig {
+    /// OSC address prefix of control messages (`/scbridge/active` ...).
+    pub osc: Option<String>,
+    /// MQTT topic prefix of control messages (`scbridge/control/active` ...).
+    pub mqtt: Option<String>,
+    /// Retained MQTT topic that tells the SocketCluster link state.
+    pub status_topic: Option<String>,
+    /// OSC target (index) and address that get the link state as 1/0.
+    pub osc_status: Option<(usize, String)>,
+}
+
+/// `[http]`: `/metrics`, `/health`, `/recent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub listen: std::net::SocketAddr,
+    /// How many routed messages `/recent` keeps (SocketIO DAT's Max Lines).
+    pub max_lines: usize,
 }
 
 /// A channel the bridge subscribes on its own.
@@ -140,7 +164,82 @@ fn validate(raw: RawConfig) -> Result<Config, Problem> {
     let mqtt = raw.mqtt.as_ref().map(crate::mqtt::config::validate).transpose()?;
     let links = routes::Links { cables: cables.is_some(), osc: osc.as_ref(), mqtt: mqtt.is_some() };
     let routes = routes::validate_routes(&raw.route, &links)?;
-    Ok(Config { socketcluster, subscribe, cables, osc, mqtt, routes })
+    let control = validate_control(raw.control.as_ref(), osc.as_ref(), mqtt.as_ref())?;
+    let http = raw.http.as_ref().map(validate_http).transpose()?;
+    Ok(Config { socketcluster, subscribe, cables, osc, mqtt, routes, control, http })
+}
+
+fn validate_control(
+    raw: Option<&raw::RawControl>,
+    osc: Option<&OscConfig>,
+    mqtt: Option<&MqttConfig>,
+) -> Result<ControlConfig, Problem> {
+    let empty = raw::RawControl::default();
+    let raw = raw.unwrap_or(&empty);
+    if let Some(prefix) = &raw.osc {
+        if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
+            return Err(problem(
+                "control.osc",
+                "an OSC prefix like \"/scbridge\" (leading '/', no trailing '/')",
+            ));
+        }
+        if osc.is_none_or(|o| o.listen.is_empty()) {
+            return Err(problem("control.osc", "needs [osc] with at least one `listen` socket"));
+        }
+    }
+    if let Some(prefix) = &raw.mqtt {
+        if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.ends_with('/') {
+            return Err(problem(
+                "control.mqtt",
+                "a topic prefix like \"scbridge/control\" (no wildcards, no trailing '/')",
+            ));
+        }
+        if mqtt.is_none() {
+            return Err(problem("control.mqtt", "needs an [mqtt] table"));
+        }
+    }
+    let status_topic = match (&raw.status_topic, mqtt) {
+        (Some(topic), _) if topic.is_empty() => None,
+        (Some(_), None) => return Err(problem("control.status_topic", "needs an [mqtt] table")),
+        (Some(topic), Some(_)) if topic.contains(['+', '#']) => {
+            return Err(problem("control.status_topic", "a topic, not a filter: no '+' or '#'"));
+        }
+        (Some(topic), Some(_)) => Some(topic.clone()),
+        (None, Some(mqtt)) => Some(format!("scbridge/{}/socketcluster", mqtt.client_id)),
+        (None, None) => None,
+    };
+    let osc_status = match &raw.osc_status_target {
+        None => None,
+        Some(name) => {
+            let index = osc.and_then(|o| o.target_index(name)).ok_or_else(|| {
+                problem(
+                    "control.osc_status_target",
+                    format!("no OSC target named `{name}` in [osc.targets]"),
+                )
+            })?;
+            let address =
+                raw.osc_status_address.clone().unwrap_or_else(|| "/scbridge/socketcluster".into());
+            if !address.starts_with('/') {
+                return Err(problem(
+                    "control.osc_status_address",
+                    "an OSC address starts with '/'",
+                ));
+            }
+            Some((index, address))
+        }
+    };
+    Ok(ControlConfig { osc: raw.osc.clone(), mqtt: raw.mqtt.clone(), status_topic, osc_status })
+}
+
+fn validate_http(raw: &raw::RawHttp) -> Result<HttpConfig, Problem> {
+    let text = raw.listen.as_deref().unwrap_or("127.0.0.1:9100");
+    let listen: std::net::SocketAddr = text.parse().map_err(|_| {
+        problem("http.listen", format!("`{text}` is not an address like 127.0.0.1:9100"))
+    })?;
+    if !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "the HTTP listener is reachable from the network; it has no authentication");
+    }
+    Ok(HttpConfig { listen, max_lines: raw.max_lines.unwrap_or(100) })
 }
 
 fn ms(value: Option<u64>, default: u64) -> Duration {

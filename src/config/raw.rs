@@ -13,8 +13,29 @@ pub struct RawConfig {
     pub cables: Option<RawCables>,
     pub osc: Option<crate::osc::RawOsc>,
     pub mqtt: Option<crate::mqtt::RawMqtt>,
+    pub control: Option<RawControl>,
+    pub http: Option<RawHttp>,
     #[serde(default)]
     pub route: Vec<RawRoute>,
+}
+
+/// `[control]`: runtime control and status, off unless configured.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControl {
+    pub osc: Option<String>,
+    pub mqtt: Option<String>,
+    pub status_topic: Option<String>,
+    pub osc_status_target: Option<String>,
+    pub osc_status_address: Option<String>,
+}
+
+/// `[http]`: the observability listener, off unless configured.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub listen: Option<String>,
+    pub max_lines: Option<usize>,
 }
 
 /// `[cables]`: one cables.gl "Channel".

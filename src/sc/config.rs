@@ -32,7 +32,7 @@ pub enum AuthToken {
 }
 
 /// Everything the client needs to connect and stay connected.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ScConfig {
     /// `ws://` or `wss://`, path and query included.
     pub url: Url,

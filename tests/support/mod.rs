@@ -6,12 +6,15 @@
 //! - [`sc_peer`]: the real SocketCluster server and client peers of
 //!   `tests/peers` (Node), started on ports chosen at run time, with waits on
 //!   the lines they print.
+//! - [`daemon`]: the real `scbridge` binary as a process, with a
+//!   NOTIFY_SOCKET, signals and its captured log.
 //! - [`mosquitto`]: a real Mosquitto broker on a free loopback port, and
 //!   small MQTT clients to publish and assert with.
 //! - [`udp`]: OSC receivers and senders on real UDP sockets.
 
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod mosquitto;
 pub mod sc_peer;
 pub mod udp;

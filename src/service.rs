@@ -1,0 +1,135 @@
+//! The daemon around the bridge: signals, the systemd notify protocol and
+//! watchdog, reload on SIGHUP, and a bounded clean shutdown.
+//!
+//! READY=1 is sent once the config is loaded and the local sockets are
+//! bound, never waiting for remote peers (they may be down for hours; the
+//! links retry on their own). STATUS= tells the link states. WATCHDOG=1
+//! comes from this loop, so a stuck runtime stops the pings.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::bridge::{self, BridgeError, Running};
+use crate::config::Config;
+use crate::mqtt::MqttLinkState;
+use crate::sc::LinkState;
+
+/// How long a shutdown may take to send what is queued before it gives up.
+pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(8);
+
+/// Why the service could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
+    #[error("cannot install a signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(states) {
+        tracing::debug!(error = %err, "systemd notify failed");
+    }
+}
+
+/// One line for `systemctl status`.
+fn status_line(running: &Running) -> String {
+    let view = running.view();
+    let sc = match &*view.sc.link_state().borrow() {
+        LinkState::Connected { socket_id, .. } => format!("connected ({socket_id})"),
+        LinkState::Connecting { .. } => "connecting".to_owned(),
+        LinkState::Disconnected { reason, .. } => format!("down ({reason})"),
+        LinkState::Inactive => "inactive".to_owned(),
+    };
+    let mut line = format!("socketcluster: {sc}");
+    if let Some(mqtt) = &view.mqtt {
+        let state = match &*mqtt.link_state().borrow() {
+            MqttLinkState::Connected => "connected".to_owned(),
+            MqttLinkState::Connecting => "connecting".to_owned(),
+            MqttLinkState::Disconnected { reason, .. } => format!("down ({reason})"),
+        };
+        line.push_str(&format!("; mqtt: {state}"));
+    }
+    if let Some(osc) = &view.osc {
+        let addrs: Vec<String> = osc.listen_addrs().iter().map(ToString::to_string).collect();
+        if !addrs.is_empty() {
+            line.push_str(&format!("; osc: {}", addrs.join(", ")));
+        }
+    }
+    line
+}
+
+/// Runs the bridge until SIGTERM or SIGINT; SIGHUP reloads `config_path`.
+pub async fn run(config_path: PathBuf, config: Config) -> Result<(), ServiceError> {
+    let mut terminate = signal(SignalKind::terminate()).map_err(ServiceError::Signal)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(ServiceError::Signal)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(ServiceError::Signal)?;
+    let http = config.http.clone();
+    let running = bridge::start(config).await?;
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(http) = &http {
+        crate::observe::serve(http, &running, http_stop.clone()).await?;
+    }
+    let mut status = status_line(&running);
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    tracing::info!(routes = running.table().routes().len(), %status, "scbridge running");
+
+    // Half the watchdog period, as systemd recommends.
+    let watchdog = sd_notify::watchdog_enabled().map(|period| period / 2);
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = hangup.recv() => reload(&config_path, &running).await,
+            _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
+            _ = status_tick.tick() => {
+                let now = status_line(&running);
+                if now != status {
+                    status = now;
+                    notify(&[NotifyState::Status(&status)]);
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    notify(&[NotifyState::Stopping]);
+    http_stop.cancel();
+    if tokio::time::timeout(SHUTDOWN_BOUND, running.stop()).await.is_err() {
+        tracing::warn!(bound = ?SHUTDOWN_BOUND, "shutdown took too long; what was still queued is lost");
+    }
+    Ok(())
+}
+
+/// Re-reads the config; an invalid one leaves the running one in place.
+async fn reload(path: &Path, running: &Running) {
+    let mut states = vec![NotifyState::Reloading];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    notify(&states);
+    match Config::load(path) {
+        Ok(config) => {
+            let report = running.reload(config).await;
+            tracing::info!(
+                routes = report.routes,
+                socketcluster_reconnected = report.socketcluster_reconnected,
+                mqtt_restarted = report.mqtt_restarted,
+                osc_restarted = report.osc_restarted,
+                "reloaded {}",
+                path.display()
+            );
+            notify(&[NotifyState::Ready, NotifyState::Status("reloaded")]);
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "reload refused: keeping the running config");
+            notify(&[NotifyState::Ready, NotifyState::Status("reload refused: config invalid")]);
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The real `scbridge` binary as a process: a temporary config file, a
+//! NOTIFY_SOCKET the test owns (so it sees READY=1, WATCHDOG=1, STOPPING=1
+//! exactly as systemd would), signals, and the captured log.
+
+use std::os::unix::net::UnixDatagram as StdDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixDatagram;
+use tokio::process::{Child, Command};
+
+/// A free UDP port on loopback (bound, read, released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port()
+}
+
+/// A free TCP port on loopback (bound, read, released).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free TCP port")
+        .port()
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("scbridge-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the binary to completion; returns (exit code, stdout, stderr).
+pub async fn run_to_end(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_scbridge"))
+        .args(args)
+        .env_remove("SCBRIDGE_CONFIG")
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .expect("run scbridge");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A NOTIFY_SOCKET: what the daemon tells systemd arrives here.
+pub struct NotifySocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+impl NotifySocket {
+    pub fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let std = StdDatagram::bind(&path).expect("bind the notify socket");
+        std.set_nonblocking(true).expect("nonblocking");
+        NotifySocket { socket: UnixDatagram::from_std(std).expect("tokio socket"), path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next datagram (one or more `KEY=value` lines).
+    pub async fn next(&self, limit: Duration) -> String {
+        let mut buffer = vec![0u8; 4096];
+        let len = tokio::time::timeout(limit, self.socket.recv(&mut buffer))
+            .await
+            .unwrap_or_else(|_| panic!("no notify message within {limit:?}"))
+            .expect("read the notify socket");
+        String::from_utf8_lossy(&buffer[..len]).into_owned()
+    }
+
+    /// Waits for a datagram with this line (e.g. `READY=1`); returns it.
+    pub async fn wait_for(&self, line: &str, limit: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let message = self.next(left).await;
+            if message.lines().any(|l| l == line) {
+                return message;
+            }
+        }
+    }
+}
+
+/// A running `scbridge run`.
+pub struct Daemon {
+    pub child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `scbridge run --config CONFIG` with extra environment.
+    pub fn start(config: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_scbridge"));
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            .env_remove("SCBRIDGE_CONFIG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env("RUST_LOG", "scbridge=debug,info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start scbridge");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().expect("stderr piped");
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buffer).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("log lock").push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        Daemon { child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("running") as i32
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`).
+    pub async fn signal(&self, name: &str) {
+        let status =
+            Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().await;
+        assert!(status.expect("run kill").success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub async fn wait(&mut self, limit: Duration) -> i32 {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("scbridge did not exit within {limit:?}; log:\n{}", self.log())
+            })
+            .expect("wait for scbridge");
+        status.code().unwrap_or(-1)
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+}
