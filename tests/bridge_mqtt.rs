@@ -362,3 +362,47 @@ to = [{ osc = "/in/*" }]
     );
     running.stop().await;
 }
+
+/// `resend` sends the last value of every state route again (a restarted
+/// peer gets the current state), but never a trigger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resend_repeats_the_last_value_of_every_state_route_and_no_trigger() {
+    let peers = Peers::start().await;
+    let running = peers
+        .bridge(
+            r#"
+[[route]]
+name = "levels"
+from = { osc = "/level/*" }
+to = [{ mqtt = "levels/+" }]
+
+[[route]]
+name = "bang"
+from = { cables_trigger = "bang" }
+to = [{ mqtt = "events/bang" }]
+"#,
+        )
+        .await;
+    let mut levels = mosquitto::subscribe(peers.broker.port(), "levels/#").await;
+    let mut events = mosquitto::subscribe(peers.broker.port(), "events/#").await;
+    send_osc(osc_in(&running), "/level/a", vec![OscType::Float(0.1)]).await;
+    send_osc(osc_in(&running), "/level/a", vec![OscType::Float(0.2)]).await;
+    send_osc(osc_in(&running), "/level/b", vec![OscType::Float(0.3)]).await;
+    let trigger = r#"{"topic":"bang","clientId":"js-1","payload":"bang"}"#;
+    let mut publisher =
+        JsClient::publish(peers.server.port(), "show/triggers", Some(trigger), 1, false).await;
+    assert_eq!(publisher.wait_exit().await, 0);
+    for expected in ["0.1", "0.2", "0.3"] {
+        assert_eq!(levels.next_message(WAIT).await.text(), expected);
+    }
+    assert_eq!(events.next_message(WAIT).await.text(), "bang");
+
+    running.control(scbridge::bridge::Control::Resend).await;
+    let mut again = vec![levels.next_message(WAIT).await, levels.next_message(WAIT).await];
+    again.sort_by(|a, b| a.topic.cmp(&b.topic));
+    let again: Vec<(&str, String)> = again.iter().map(|m| (m.topic.as_str(), m.text())).collect();
+    assert_eq!(again, vec![("levels/a", "0.2".to_owned()), ("levels/b", "0.3".to_owned())]);
+    levels.expect_nothing(Duration::from_millis(300)).await;
+    events.expect_nothing(Duration::from_millis(100)).await;
+    running.stop().await;
+}
