@@ -53,6 +53,7 @@ fn table(size: usize) -> RoutingTable {
                 ],
                 enabled: true,
                 delay: Duration::ZERO,
+                min_interval: None,
             }
         })
         .collect();

@@ -55,6 +55,9 @@ crate::stats::counters! {
         not_allowed,
         /// Dropped: the destination's link is not configured.
         no_link,
+        /// Replaced by a newer value before its turn (`max_rate`); not a loss
+        /// of state, the latest value always goes out.
+        coalesced,
     }
 }
 
@@ -487,6 +490,7 @@ pub async fn start(config: Config) -> Result<Running, BridgeError> {
         monitored: HashSet::new(),
         enabled: HashMap::new(),
         last_values: HashMap::new(),
+        coalescer: Coalescer::default(),
         out: Vec::new(),
         skipped: Vec::new(),
         table,
@@ -519,6 +523,9 @@ struct Router {
     enabled: HashMap<RouteId, bool>,
     /// The last output of every state route, for `resend`.
     last_values: HashMap<(usize, usize, String), Outbound>,
+    /// Rate-limited routes: per destination name, when it last went out and
+    /// the newest value waiting for its turn.
+    coalescer: Coalescer,
     out: Vec<Outbound>,
     skipped: Vec<(RouteId, Skip)>,
     osc: Option<Endpoint<OscHandle>>,
@@ -590,6 +597,11 @@ impl Router {
                     None => break,
                 },
                 Some(message) = self.inbound.recv() => self.route(message),
+                _ = sleep_until_or_never(self.coalescer.next_due()) => {
+                    for out in self.coalescer.take_due(tokio::time::Instant::now()) {
+                        self.outputs.send(out);
+                    }
+                }
                 changed = self.link.changed() => {
                     if changed.is_err() {
                         break;
@@ -619,6 +631,10 @@ impl Router {
     /// is restarted only when its own settings changed.
     async fn reload(&mut self, config: Config) -> ReloadReport {
         let mut report = ReloadReport { routes: config.routes.len(), ..ReloadReport::default() };
+        // Waiting values belong to the old table's routes: send them first.
+        for out in self.coalescer.drain() {
+            self.outputs.send(out);
+        }
         let old_subscriptions = sc_subscriptions(&self.config);
         let new_subscriptions = sc_subscriptions(&config);
         if config.socketcluster != self.config.socketcluster {
@@ -878,7 +894,8 @@ impl Router {
             });
         }
         for out in self.out.drain(..) {
-            let route = &table.routes()[out.route.0];
+            let route_index = out.route.0;
+            let route = &table.routes()[route_index];
             if counted != Some(out.route) {
                 bump(&self.outputs.routes[out.route.0].matched);
                 counted = Some(out.route);
@@ -891,7 +908,14 @@ impl Router {
                     bump(&stats.resend_memory_full);
                 }
             }
-            if route.delay.is_zero() {
+            if let Some(interval) = route.min_interval {
+                let now = tokio::time::Instant::now();
+                match self.coalescer.offer(out, interval, now) {
+                    Offer::SendNow(out) => self.outputs.send(out),
+                    Offer::Waiting => {}
+                    Offer::Replaced => bump(&self.outputs.routes[route_index].coalesced),
+                }
+            } else if route.delay.is_zero() {
                 self.outputs.send(out);
             } else {
                 let outputs = self.outputs.clone();
@@ -969,6 +993,95 @@ impl Router {
     }
 }
 
+/// What happened to an output offered to the coalescer.
+enum Offer {
+    SendNow(Outbound),
+    /// Held until its name's interval has passed.
+    Waiting,
+    /// Held, replacing an older value that was waiting.
+    Replaced,
+}
+
+/// Per destination name: at most one output per interval, the newest value
+/// winning. Keeps a value stream (500 faders at 60 Hz) from flooding the
+/// SocketCluster server, while the last value always arrives.
+#[derive(Default)]
+struct Coalescer {
+    slots: HashMap<(usize, usize, String), Slot>,
+    /// Due times of waiting values, earliest first.
+    due: std::collections::BinaryHeap<
+        std::cmp::Reverse<(tokio::time::Instant, (usize, usize, String))>,
+    >,
+}
+
+struct Slot {
+    /// When the next output for this name may go.
+    next: tokio::time::Instant,
+    interval: Duration,
+    /// The newest value waiting for `next`.
+    waiting: Option<Outbound>,
+}
+
+impl Coalescer {
+    fn offer(&mut self, out: Outbound, interval: Duration, now: tokio::time::Instant) -> Offer {
+        let key = (out.route.0, out.destination, out.name.clone());
+        match self.slots.get_mut(&key) {
+            Some(slot) if slot.next > now => {
+                if slot.waiting.replace(out).is_some() {
+                    Offer::Replaced
+                } else {
+                    self.due.push(std::cmp::Reverse((slot.next, key)));
+                    Offer::Waiting
+                }
+            }
+            Some(slot) => {
+                slot.next = now + interval;
+                slot.interval = interval;
+                Offer::SendNow(out)
+            }
+            None => {
+                if self.slots.len() >= RESEND_MEMORY {
+                    // Too many distinct names to track: forget the idle ones.
+                    self.slots.retain(|_, slot| slot.next > now || slot.waiting.is_some());
+                }
+                self.slots.insert(key, Slot { next: now + interval, interval, waiting: None });
+                Offer::SendNow(out)
+            }
+        }
+    }
+
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.due.peek().map(|std::cmp::Reverse((at, _))| *at)
+    }
+
+    /// The waiting values whose turn has come; each starts a new interval.
+    fn take_due(&mut self, now: tokio::time::Instant) -> Vec<Outbound> {
+        let mut ready = Vec::new();
+        while self.next_due().is_some_and(|at| at <= now) {
+            let Some(std::cmp::Reverse((_, key))) = self.due.pop() else { break };
+            if let Some(slot) = self.slots.get_mut(&key)
+                && let Some(out) = slot.waiting.take()
+            {
+                slot.next = now + slot.interval;
+                ready.push(out);
+            }
+        }
+        ready
+    }
+
+    fn drain(&mut self) -> Vec<Outbound> {
+        self.due.clear();
+        self.slots.drain().filter_map(|(_, slot)| slot.waiting).collect()
+    }
+}
+
+async fn sleep_until_or_never(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Reads a truthy value the way OSC and MQTT senders write one.
 fn truthy(value: &Value) -> Option<bool> {
     match value {
@@ -1031,6 +1144,36 @@ mod tests {
         assert!(parse_control("route", &json!(1)).is_err());
         assert!(parse_control("explode", &json!(1)).is_err());
         assert!(parse_control("active", &json!("maybe")).is_err());
+    }
+
+    fn output(name: &str, value: f64) -> Outbound {
+        Outbound {
+            route: RouteId(0),
+            destination: 0,
+            target: Target::ScChannel,
+            name: name.into(),
+            body: Body::Value(json!(value)),
+        }
+    }
+
+    #[test]
+    fn the_coalescer_sends_at_most_one_per_interval_and_always_the_latest() {
+        let mut c = Coalescer::default();
+        let start = tokio::time::Instant::now();
+        let every = Duration::from_millis(100);
+        assert!(matches!(c.offer(output("/a", 1.0), every, start), Offer::SendNow(_)));
+        assert!(matches!(c.offer(output("/a", 2.0), every, start), Offer::Waiting));
+        assert!(matches!(c.offer(output("/a", 3.0), every, start), Offer::Replaced));
+        assert!(
+            matches!(c.offer(output("/b", 9.0), every, start), Offer::SendNow(_)),
+            "names are separate"
+        );
+        assert!(c.take_due(start + Duration::from_millis(50)).is_empty());
+        assert_eq!(c.next_due(), Some(start + every));
+        let due = c.take_due(start + every);
+        assert_eq!(due, vec![output("/a", 3.0)]);
+        assert!(matches!(c.offer(output("/a", 4.0), every, start + every), Offer::Waiting));
+        assert_eq!(c.drain(), vec![output("/a", 4.0)]);
     }
 
     #[test]

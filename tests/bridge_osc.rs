@@ -402,3 +402,35 @@ to = [{ sc_event = "note" }, { sc_channel = "notes" }]
     server.next_line_matching(|l| l == format!(r#"PUBLISH {socket_id} notes "hi""#), WAIT).await;
     running.stop().await;
 }
+
+/// `max_rate` coalesces a fast value stream per name: fewer messages reach
+/// the SocketCluster server, every output is either sent or counted as
+/// replaced, and the latest value always arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_route_coalesces_and_always_delivers_the_latest_value() {
+    let server = ScServer::start(ScServerOptions::new()).await;
+    let td = OscReceiver::bind().await;
+    let config = format!(
+        "{BASE}{}",
+        r#"
+[[route]]
+name = "fader"
+from = { osc = "/fader" }
+to = [{ sc_channel = "fader" }]
+max_rate = 20
+"#
+    );
+    let running = start_bridge(&server, &td, &config).await;
+    let socket_id = server.socket_ids().await.pop().expect("the bridge's socket");
+    for n in 0..50 {
+        send_osc(osc_port(&running), "/fader", vec![OscType::Int(n)]).await;
+    }
+    server.next_line_matching(|l| l == format!("PUBLISH {socket_id} fader 49"), WAIT).await;
+    let route = &running.routes()[0];
+    wait_until(|| get(&route.matched) == 50, WAIT, "all fifty routed").await;
+    let (sent, coalesced) = (get(&route.sent), get(&route.coalesced));
+    assert_eq!(sent + coalesced, 50, "every output is sent or counted as replaced");
+    assert!(sent < 50, "the stream was not coalesced: {sent} sent");
+    assert_eq!(server.count_lines(&format!("PUBLISH {socket_id} fader ")) as u64, sent);
+    running.stop().await;
+}

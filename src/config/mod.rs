@@ -568,6 +568,16 @@ to = [{ cables_trigger = "go", topic = "buttons" }]
             ),
             ("from = { osc = \"/a\" }\nto = []", "route[0]", "at least one"),
             ("to = [{ mqtt = \"x\" }]", "route[0]", "needs `from`"),
+            (
+                "from = { cables_trigger = \"t\" }\nto = [{ mqtt = \"x\" }]\nmax_rate = 5",
+                "route[0].max_rate",
+                "never coalesced",
+            ),
+            (
+                "from = { osc = \"/a\" }\nto = [{ mqtt = \"x\" }]\nmax_rate = 0",
+                "route[0].max_rate",
+                "per second",
+            ),
         ];
         let route_line = LINKS.lines().count() + 2;
         for (route, key, words) in cases {

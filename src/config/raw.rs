@@ -61,6 +61,7 @@ pub struct RawRoute {
     pub to: Vec<RawEnd>,
     pub enabled: Option<bool>,
     pub delay_ms: Option<u64>,
+    pub max_rate: Option<f64>,
 }
 
 /// A route's `from` or one of its `to` entries: exactly one kind key, plus

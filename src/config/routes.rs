@@ -354,6 +354,24 @@ pub(super) fn validate_routes(raw: &[RawRoute], links: &Links<'_>) -> Result<Vec
             destinations,
             enabled: raw_route.enabled.unwrap_or(true),
             delay: Duration::from_millis(raw_route.delay_ms.unwrap_or(0)),
+            min_interval: match raw_route.max_rate {
+                None => None,
+                Some(_) if trigger_route => {
+                    return Err(Problem::new(
+                        format!("{key}.max_rate"),
+                        "triggers are never coalesced: every trigger is an event",
+                    ));
+                }
+                Some(rate) if rate.is_finite() && (0.01..=100_000.0).contains(&rate) => {
+                    Some(Duration::from_secs_f64(1.0 / rate))
+                }
+                Some(_) => {
+                    return Err(Problem::new(
+                        format!("{key}.max_rate"),
+                        "messages per second, from 0.01 to 100000",
+                    ));
+                }
+            },
         });
     }
     Ok(routes)

@@ -102,6 +102,9 @@ pub struct Route {
     pub enabled: bool,
     /// Hold each output this long before sending (cables' "Delay send").
     pub delay: Duration,
+    /// At most one output per destination name per this interval; the
+    /// latest value wins (`max_rate` per second). Never set on trigger routes.
+    pub min_interval: Option<Duration>,
 }
 
 impl Route {
@@ -301,7 +304,14 @@ mod tests {
     }
 
     fn route(name: &str, source: Source, destinations: Vec<Destination>) -> Route {
-        Route { name: name.into(), source, destinations, enabled: true, delay: Duration::ZERO }
+        Route {
+            name: name.into(),
+            source,
+            destinations,
+            enabled: true,
+            delay: Duration::ZERO,
+            min_interval: None,
+        }
     }
 
     fn routed(table: &RoutingTable, message: &Message) -> (Vec<Outbound>, Vec<(RouteId, Skip)>) {
