@@ -490,6 +490,7 @@ pub async fn start(config: Config) -> Result<Running, BridgeError> {
         monitored: HashSet::new(),
         enabled: HashMap::new(),
         last_values: HashMap::new(),
+        resend_enabled: false,
         coalescer: Coalescer::default(),
         out: Vec::new(),
         skipped: Vec::new(),
@@ -523,6 +524,8 @@ struct Router {
     enabled: HashMap<RouteId, bool>,
     /// The last output of every state route, for `resend`.
     last_values: HashMap<(usize, usize, String), Outbound>,
+    /// Whether `resend` can be asked for (a control prefix is configured).
+    resend_enabled: bool,
     /// Rate-limited routes: per destination name, when it last went out and
     /// the newest value waiting for its turn.
     coalescer: Coalescer,
@@ -567,6 +570,7 @@ impl Router {
             .map(|r| r.source.pattern.text.clone())
             .collect();
         self.monitored = config.subscribe.iter().map(|s| s.channel.clone()).collect();
+        self.resend_enabled = config.control.osc.is_some() || config.control.mqtt.is_some();
     }
 
     fn publish_view(&self) {
@@ -777,9 +781,9 @@ impl Router {
     fn take_socketcluster(&mut self, incoming: Incoming) {
         let stats = &self.outputs.stats;
         match incoming {
-            Incoming::Publish { channel, data } => {
+            Incoming::Publish { channel, mut data } => {
                 if let Some(cables) = &mut self.cables {
-                    match cables.receive(&channel, data.clone()) {
+                    match cables.receive(&channel, data) {
                         Received::Message(message) => return self.route(message),
                         Received::OwnEcho => return bump(&stats.own_echoes),
                         Received::OwnAnnouncement => return,
@@ -802,7 +806,7 @@ impl Router {
                             }
                             return;
                         }
-                        Received::NotCables => {}
+                        Received::NotCables(untouched) => data = untouched,
                     }
                 }
                 if self.raw_channels.contains(&channel) {
@@ -900,7 +904,9 @@ impl Router {
                 bump(&self.outputs.routes[out.route.0].matched);
                 counted = Some(out.route);
             }
-            if !route.carries_triggers() {
+            // Remembered only when something can ask for a resend: it costs
+            // a copy of every output.
+            if self.resend_enabled && !route.carries_triggers() {
                 let key = (out.route.0, out.destination, out.name.clone());
                 if self.last_values.len() < RESEND_MEMORY || self.last_values.contains_key(&key) {
                     self.last_values.insert(key, out.clone());

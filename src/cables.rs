@@ -44,8 +44,9 @@ pub enum Received {
     OwnAnnouncement,
     /// Not an envelope (missing or mistyped keys).
     Malformed(&'static str),
-    /// Not one of this cables channel's SocketCluster channels.
-    NotCables,
+    /// Not one of this cables channel's SocketCluster channels; the data is
+    /// handed back untouched.
+    NotCables(Value),
 }
 
 /// The cables channel state: who may send.
@@ -127,7 +128,7 @@ impl Cables {
         } else if channel == self.control {
             return self.receive_control(data);
         } else {
-            return Received::NotCables;
+            return Received::NotCables(data);
         };
         let Value::Object(mut envelope) = data else {
             return Received::Malformed("the envelope is not a JSON object");
@@ -222,7 +223,7 @@ mod tests {
             ),
             Received::Message(Message::trigger(SourceKind::CablesTrigger, "bang"))
         );
-        assert_eq!(c.receive("elsewhere", json!(1)), Received::NotCables);
+        assert_eq!(c.receive("elsewhere", json!(1)), Received::NotCables(json!(1)));
     }
 
     #[test]

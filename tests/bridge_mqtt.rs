@@ -380,6 +380,9 @@ to = [{ mqtt = "levels/+" }]
 name = "bang"
 from = { cables_trigger = "bang" }
 to = [{ mqtt = "events/bang" }]
+
+[control]
+mqtt = "scbridge/control"
 "#,
         )
         .await;
