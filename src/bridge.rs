@@ -523,7 +523,7 @@ struct Router {
     /// Runtime overrides of routes' `enabled`.
     enabled: HashMap<RouteId, bool>,
     /// The last output of every state route, for `resend`.
-    last_values: HashMap<(usize, usize, String), Outbound>,
+    last_values: HashMap<OutputKey, Outbound>,
     /// Whether `resend` can be asked for (a control prefix is configured).
     resend_enabled: bool,
     /// Rate-limited routes: per destination name, when it last went out and
@@ -1011,13 +1011,14 @@ enum Offer {
 /// Per destination name: at most one output per interval, the newest value
 /// winning. Keeps a value stream (500 faders at 60 Hz) from flooding the
 /// SocketCluster server, while the last value always arrives.
+/// One destination name of one route: (route, destination, name).
+type OutputKey = (usize, usize, String);
+
 #[derive(Default)]
 struct Coalescer {
-    slots: HashMap<(usize, usize, String), Slot>,
+    slots: HashMap<OutputKey, Slot>,
     /// Due times of waiting values, earliest first.
-    due: std::collections::BinaryHeap<
-        std::cmp::Reverse<(tokio::time::Instant, (usize, usize, String))>,
-    >,
+    due: std::collections::BinaryHeap<std::cmp::Reverse<(tokio::time::Instant, OutputKey)>>,
 }
 
 struct Slot {

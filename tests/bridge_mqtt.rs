@@ -401,7 +401,7 @@ mqtt = "scbridge/control"
     assert_eq!(events.next_message(WAIT).await.text(), "bang");
 
     running.control(scbridge::bridge::Control::Resend).await;
-    let mut again = vec![levels.next_message(WAIT).await, levels.next_message(WAIT).await];
+    let mut again = [levels.next_message(WAIT).await, levels.next_message(WAIT).await];
     again.sort_by(|a, b| a.topic.cmp(&b.topic));
     let again: Vec<(&str, String)> = again.iter().map(|m| (m.topic.as_str(), m.text())).collect();
     assert_eq!(again, vec![("levels/a", "0.2".to_owned()), ("levels/b", "0.3".to_owned())]);
