@@ -61,8 +61,6 @@ crate::stats::counters! {
         inbound_queue_full,
         /// Publishes handed to the MQTT client for sending.
         messages_out,
-        /// `send` refused a message because the outbound channel was full.
-        outbound_queue_full,
         /// Held messages dropped (oldest first) because the offline queue was full.
         offline_queue_overflow,
         /// Outgoing messages that could not be published (invalid topic).
@@ -182,7 +180,6 @@ impl MqttEndpoint {
         let tls = if config.tls { Some(tls::client_config(&config)?) } else { None };
         let password = task::read_password(&config)?;
         let stats = Arc::new(MqttStats::default());
-        let (outbound_tx, outbound_rx) = mpsc::channel(config.queue_size);
         let (link_tx, link_rx) = watch::channel(MqttLinkState::Connecting);
         let stop = shutdown.child_token();
         let tokens = task::Tokens {
@@ -191,22 +188,13 @@ impl MqttEndpoint {
             drained: CancellationToken::new(),
             finished: CancellationToken::new(),
         };
-        task::spawn(
+        let shared = task::spawn(
             config,
-            task::Start {
-                tls,
-                password,
-                subscriptions,
-                inbound,
-                outbound: outbound_rx,
-                link: link_tx,
-            },
+            task::Start { tls, password, subscriptions, inbound, link: link_tx },
             stats.clone(),
             tokens.clone(),
         );
-        Ok(MqttHandle {
-            inner: Arc::new(HandleInner { outbound: outbound_tx, stats, link: link_rx, tokens }),
-        })
+        Ok(MqttHandle { inner: Arc::new(HandleInner { shared, stats, link: link_rx, tokens }) })
     }
 }
 
@@ -217,29 +205,19 @@ pub struct MqttHandle {
 }
 
 struct HandleInner {
-    outbound: mpsc::Sender<MqttOut>,
+    shared: Arc<task::Shared>,
     stats: Arc<MqttStats>,
     link: watch::Receiver<MqttLinkState>,
     tokens: task::Tokens,
 }
 
 impl MqttHandle {
-    /// Queues a message for the broker; never blocks. When the outbound
-    /// channel is full (or the endpoint has stopped) the message comes back.
+    /// Publishes a message, or queues it while the broker is away; never
+    /// blocks. The queue drops its oldest message when full (counted as
+    /// `offline_queue_overflow`), so the newest state always survives. The
+    /// message comes back only after [`shutdown`](Self::shutdown) began.
     pub fn send(&self, out: MqttOut) -> Result<(), MqttOut> {
-        self.inner.outbound.try_send(out).map_err(|err| match err {
-            mpsc::error::TrySendError::Full(out) => {
-                if let Some(count) = count(&self.inner.stats.outbound_queue_full) {
-                    tracing::warn!(
-                        count,
-                        topic = %out.topic,
-                        "MQTT outbound queue full: message dropped"
-                    );
-                }
-                out
-            }
-            mpsc::error::TrySendError::Closed(out) => out,
-        })
+        self.inner.shared.accept(out)
     }
 
     /// Follows the state of the broker connection.
@@ -294,7 +272,7 @@ mod tests {
             MqttStats::default().snapshot().into_iter().map(|(n, _)| n).collect();
         assert!(names.contains(&"own_echoes"));
         assert!(names.contains(&"offline_queue_overflow"));
-        assert_eq!(names.len(), 12);
+        assert_eq!(names.len(), 11);
     }
 
     #[tokio::test]

@@ -1,13 +1,15 @@
-//! The endpoint's two tasks and what they share.
+//! The endpoint's tasks and what they share with its handles.
 //!
 //! - The driver owns the rumqttc event loop and is the only one to poll it:
 //!   it waits between attempts (rumqttc retries at once), renews the
 //!   subscriptions and `online` after every CONNACK, flushes the offline
 //!   queue, and turns incoming publishes into messages.
-//! - The outgoing task takes [`MqttOut`]s from the router, encodes them and
-//!   publishes or queues them.
+//! - A handle's `send` encodes an [`MqttOut`] on the caller's task and
+//!   publishes it, or queues it in the drop-oldest outbox while the broker
+//!   is away, so a burst keeps the newest messages, not the oldest.
+//! - A small task waits for shutdown to stop accepting and close cleanly.
 //!
-//! Neither awaits the rumqttc client: every request is a `try_*` into its
+//! Nothing awaits the rumqttc client: every request is a `try_*` into its
 //! bounded channel, so a full channel never blocks the task that would have
 //! to drain it.
 
@@ -63,7 +65,6 @@ pub(crate) struct Start {
     pub password: Option<String>,
     pub subscriptions: Vec<Subscription>,
     pub inbound: mpsc::Sender<Message>,
-    pub outbound: mpsc::Receiver<MqttOut>,
     pub link: watch::Sender<MqttLinkState>,
 }
 
@@ -107,9 +108,15 @@ pub(crate) fn read_password(config: &MqttConfig) -> Result<Option<String>, MqttE
     }
 }
 
-/// Starts the driver and the outgoing task.
-pub(crate) fn spawn(config: MqttConfig, start: Start, stats: Arc<MqttStats>, tokens: Tokens) {
-    let Start { tls, password, subscriptions, inbound, outbound, link } = start;
+/// Starts the driver and the task that closes cleanly on shutdown; returns
+/// what the handles submit to.
+pub(crate) fn spawn(
+    config: MqttConfig,
+    start: Start,
+    stats: Arc<MqttStats>,
+    tokens: Tokens,
+) -> Arc<Shared> {
+    let Start { tls, password, subscriptions, inbound, link } = start;
     let hard_packet_limit = config
         .max_packet_bytes
         .saturating_add(1024)
@@ -123,11 +130,12 @@ pub(crate) fn spawn(config: MqttConfig, start: Start, stats: Arc<MqttStats>, tok
         stats,
         availability: config.availability_topic.clone(),
         max_packet_bytes: config.max_packet_bytes,
+        accepting: std::sync::atomic::AtomicBool::new(true),
     });
-    tokio::spawn(outgoing(outbound, shared.clone(), tokens.clone()));
+    tokio::spawn(close_when_asked(shared.clone(), tokens.clone()));
     let driver = Driver {
         connection,
-        shared,
+        shared: shared.clone(),
         subscriptions,
         inbound,
         link,
@@ -142,15 +150,18 @@ pub(crate) fn spawn(config: MqttConfig, start: Start, stats: Arc<MqttStats>, tok
         tokens,
     };
     tokio::spawn(driver.run());
+    shared
 }
 
-/// What both tasks use.
-struct Shared {
+/// What the handles and both tasks use.
+pub(crate) struct Shared {
     client: Client,
     outbox: Mutex<Outbox>,
     stats: Arc<MqttStats>,
     availability: Option<String>,
     max_packet_bytes: usize,
+    /// Cleared on shutdown, so nothing is accepted after `offline`.
+    accepting: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -158,6 +169,17 @@ impl Shared {
         // The outbox holds no invariant a panic elsewhere could break
         // halfway, so a poisoned lock is still usable.
         self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a message from a handle, on the caller's task: published at once
+    /// when connected, else queued in the drop-oldest outbox. Refused (handed
+    /// back) only once shutdown has begun.
+    pub(crate) fn accept(&self, out: MqttOut) -> Result<(), MqttOut> {
+        if !self.accepting.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(out);
+        }
+        self.submit(out);
+        Ok(())
     }
 
     /// Encodes a message from the router and publishes or queues it.
@@ -252,28 +274,15 @@ impl Shared {
     }
 }
 
-/// Takes messages from the router until shutdown; then hands over what is
-/// left and asks for the clean close.
-async fn outgoing(mut outbound: mpsc::Receiver<MqttOut>, shared: Arc<Shared>, tokens: Tokens) {
-    loop {
-        tokio::select! {
-            biased;
-            _ = tokens.stop.cancelled() => return,
-            _ = tokens.closing.cancelled() => break,
-            out = outbound.recv() => match out {
-                Some(out) => shared.submit(out),
-                // Every handle is gone; incoming traffic still flows until
-                // the shutdown token stops the driver.
-                None => return,
-            },
-        }
+/// Waits for shutdown; then refuses new messages (so every accepted one is
+/// published ahead of `offline`) and asks for the clean close.
+async fn close_when_asked(shared: Arc<Shared>, tokens: Tokens) {
+    tokio::select! {
+        biased;
+        _ = tokens.stop.cancelled() => return,
+        _ = tokens.closing.cancelled() => {}
     }
-    // Refuse new messages first, so the ones already accepted are all
-    // published ahead of `offline`.
-    outbound.close();
-    while let Ok(out) = outbound.try_recv() {
-        shared.submit(out);
-    }
+    shared.accepting.store(false, std::sync::atomic::Ordering::Release);
     {
         let mut outbox = shared.outbox();
         outbox.closing = true;
