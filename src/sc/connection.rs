@@ -278,6 +278,7 @@ impl Connection {
         let mut out = Vec::new();
         let mut batch = Vec::with_capacity(DRAIN_BATCH);
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        let mut opened: Option<LinkState> = None;
         loop {
             let step = tokio::select! {
                 biased;
@@ -311,7 +312,10 @@ impl Connection {
                         ping_timeout = server_timeout;
                         deadline = Instant::now() + ping_timeout;
                         tracing::info!(url = %self.config.display_url(), %socket_id, authenticated, "SocketCluster link connected");
-                        self.state.send_replace(LinkState::Connected { socket_id, authenticated });
+                        // Told only once what waited in the queue has gone
+                        // out: a reaction to "connected" (a cables
+                        // announcement) must not push a held message out.
+                        opened = Some(LinkState::Connected { socket_id, authenticated });
                     }
                     Output::AuthChanged { authenticated } => {
                         self.state.send_modify(|state| {
@@ -351,6 +355,9 @@ impl Connection {
             }
             if let Err(err) = ws.flush().await {
                 return Step::Lost { reason: describe_ws_error(&err), code: None };
+            }
+            if let Some(state) = opened.take() {
+                self.state.send_replace(state);
             }
         }
     }
