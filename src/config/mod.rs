@@ -499,6 +499,44 @@ to = [{ cables_trigger = "go", topic = "buttons" }]
     }
 
     #[test]
+    fn a_shared_mqtt_source_subscribes_with_its_group_and_matches_without_it() {
+        let config = Config::from_toml(
+            &format!(
+                "{LINKS}{}",
+                r#"
+[[route]]
+from = { mqtt = "$share/bridges/sensors/+" }
+to = [{ osc = "/td/{1}", target = "td" }]
+"#
+            ),
+            "t",
+        )
+        .expect("valid");
+        let pattern = &config.routes[0].source.pattern;
+        assert_eq!(pattern.to_mqtt_filter(), "$share/bridges/sensors/+");
+        assert_eq!(pattern.matches("sensors/temp"), Some(vec!["temp".to_owned()]));
+        let (key, _, message) = route_error(
+            "from = { mqtt = \"$SYS/broker/#\" }\nto = [{ osc = \"/x\", target = \"td\" }]",
+        );
+        assert_eq!(key, "route[0].from.mqtt");
+        assert!(message.contains("broker's own"), "{message}");
+        let (key, _, message) = error_of(&format!(
+            "{LINKS}{}",
+            r#"
+[[route]]
+from = { mqtt = "sensors/#" }
+to = [{ osc = "/all", target = "td" }]
+
+[[route]]
+from = { mqtt = "$share/bridges/sensors/+" }
+to = [{ osc = "/td/{1}", target = "td" }]
+"#
+        ));
+        assert_eq!(key, "route[1].from.mqtt");
+        assert!(message.contains("overlaps"), "{message}");
+    }
+
+    #[test]
     fn route_errors_name_the_route_key_and_line() {
         let cases: &[(&str, &str, &str)] = &[
             (

@@ -119,7 +119,11 @@ fn validate_source(raw: &RawEnd, key: &str, links: &Links<'_>) -> Result<Source,
     let (kind, text) = kind_of(raw, key)?;
     let kind_key = format!("{key}.{}", kind.key());
     link_is_configured(kind, links, &kind_key)?;
-    let pattern = Pattern::parse(&text).map_err(|e| Problem::new(&kind_key, e))?;
+    let pattern = match kind {
+        SourceKind::Mqtt => Pattern::parse_mqtt_source(&text),
+        _ => Pattern::parse(&text),
+    }
+    .map_err(|e| Problem::new(&kind_key, e))?;
     match kind {
         SourceKind::ScChannel | SourceKind::ScEvent if !pattern.is_literal() => {
             return Err(Problem::new(
@@ -134,9 +138,6 @@ fn validate_source(raw: &RawEnd, key: &str, links: &Links<'_>) -> Result<Source,
             if links.osc.is_some_and(|osc| osc.listen.is_empty()) {
                 return Err(Problem::new(&kind_key, "osc.listen is empty, so no OSC can arrive"));
             }
-        }
-        SourceKind::Mqtt if text.starts_with('$') => {
-            return Err(Problem::new(&kind_key, "topics starting with '$' are the broker's own"));
         }
         _ => {}
     }
@@ -318,6 +319,30 @@ fn literal_text(text: &str) -> String {
     out
 }
 
+/// A message that arrives through one subscription fires every route whose
+/// pattern matches its topic, and the router cannot tell which subscription
+/// brought it. So a shared source may not overlap an MQTT source that
+/// subscribes differently (plain, another group, another filter): each such
+/// message would fire both routes, or arrive twice.
+fn check_shared_overlap(earlier: &[Route], source: &Source, key: &str) -> Result<(), Problem> {
+    let filter = source.pattern.to_mqtt_filter();
+    for route in earlier.iter().filter(|r| r.source.kind == SourceKind::Mqtt) {
+        let other = &route.source.pattern;
+        let shared = source.pattern.share_group.is_some() || other.share_group.is_some();
+        if shared && other.to_mqtt_filter() != filter && other.overlaps(&source.pattern) {
+            return Err(Problem::new(
+                key,
+                format!(
+                    "`{}` overlaps `{other}` of route `{}`; a shared subscription needs a filter \
+                     no other MQTT source matches",
+                    source.pattern, route.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn validate_routes(raw: &[RawRoute], links: &Links<'_>) -> Result<Vec<Route>, Problem> {
     let mut names = HashSet::new();
     let mut routes = Vec::with_capacity(raw.len());
@@ -348,6 +373,9 @@ pub(super) fn validate_routes(raw: &[RawRoute], links: &Links<'_>) -> Result<Vec
                 validate_destination(to, &format!("{key}.to[{d}]"), &source, trigger_route, links)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if source.kind == SourceKind::Mqtt {
+            check_shared_overlap(&routes, &source, &format!("{key}.from.mqtt"))?;
+        }
         routes.push(Route {
             name,
             source,

@@ -24,6 +24,10 @@ pub enum Segment {
 pub struct Pattern {
     pub text: String,
     pub segments: Vec<Segment>,
+    /// For an MQTT source written `$share/GROUP/filter`: GROUP. The segments
+    /// are the filter's alone, because the topics that arrive never carry
+    /// the prefix; only the subscription does (see [`Self::to_mqtt_filter`]).
+    pub share_group: Option<String>,
 }
 
 impl Pattern {
@@ -47,7 +51,36 @@ impl Pattern {
             };
             segments.push(segment);
         }
-        Ok(Pattern { text: text.to_owned(), segments })
+        Ok(Pattern { text: text.to_owned(), segments, share_group: None })
+    }
+
+    /// An MQTT source: a topic filter, or `$share/GROUP/filter` for an MQTT
+    /// shared subscription, where the broker gives each message to one
+    /// member of GROUP. Other names starting with `$` are the broker's own.
+    pub fn parse_mqtt_source(text: &str) -> Result<Pattern, String> {
+        let Some(shared) = text.strip_prefix("$share/") else {
+            if text.starts_with('$') {
+                return Err("topics starting with '$' are the broker's own \
+                            (a shared subscription is `$share/GROUP/filter`)"
+                    .into());
+            }
+            return Pattern::parse(text);
+        };
+        let Some((group, filter)) = shared.split_once('/') else {
+            return Err("a shared subscription is `$share/GROUP/filter`".into());
+        };
+        if group.is_empty() || group.contains(['+', '#']) {
+            return Err(format!(
+                "`{group}`: the share group is a plain name, not empty, without '+' or '#'"
+            ));
+        }
+        if filter.starts_with('$') {
+            return Err("the shared filter may not start with '$'".into());
+        }
+        let mut pattern = Pattern::parse(filter)?;
+        pattern.text = text.to_owned();
+        pattern.share_group = Some(group.to_owned());
+        Ok(pattern)
     }
 
     /// How many captures a match yields.
@@ -59,9 +92,11 @@ impl Pattern {
         self.captures() == 0
     }
 
-    /// The pattern as an MQTT subscription filter (`+` and `#`).
+    /// The pattern as an MQTT subscription filter (`+` and `#`), with its
+    /// `$share/GROUP/` prefix when it has one.
     pub fn to_mqtt_filter(&self) -> String {
-        self.segments
+        let filter = self
+            .segments
             .iter()
             .map(|s| match s {
                 Segment::Literal(text) => text.as_str(),
@@ -69,7 +104,27 @@ impl Pattern {
                 Segment::Rest => "#",
             })
             .collect::<Vec<_>>()
-            .join("/")
+            .join("/");
+        match &self.share_group {
+            Some(group) => format!("$share/{group}/{filter}"),
+            None => filter,
+        }
+    }
+
+    /// Whether some name matches both patterns (wildcards included).
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        fn overlap(a: &[Segment], b: &[Segment]) -> bool {
+            match (a.split_first(), b.split_first()) {
+                (Some((Segment::Rest, _)), _) | (_, Some((Segment::Rest, _))) => true,
+                (None, None) => true,
+                (Some((x, a)), Some((y, b))) => match (x, y) {
+                    (Segment::Literal(x), Segment::Literal(y)) if x != y => false,
+                    _ => overlap(a, b),
+                },
+                _ => false,
+            }
+        }
+        overlap(&self.segments, &other.segments)
     }
 
     /// Matches a name directly (the table uses its index instead; this is
@@ -243,6 +298,37 @@ mod tests {
     #[test]
     fn mqtt_filters_use_plus_and_hash() {
         assert_eq!(Pattern::parse("home/*/**").expect("valid").to_mqtt_filter(), "home/+/#");
+    }
+
+    #[test]
+    fn shared_mqtt_sources_match_without_the_prefix_and_subscribe_with_it() {
+        let shared = Pattern::parse_mqtt_source("$share/bridges/sensors/+").expect("valid");
+        assert_eq!(shared.share_group.as_deref(), Some("bridges"));
+        assert_eq!(shared.matches("sensors/temp"), Some(vec!["temp".into()]));
+        assert_eq!(shared.matches("$share/bridges/sensors/temp"), None);
+        assert_eq!(shared.captures(), 1);
+        assert_eq!(shared.to_mqtt_filter(), "$share/bridges/sensors/+");
+        assert_eq!(shared.to_string(), "$share/bridges/sensors/+");
+        let plain = Pattern::parse_mqtt_source("sensors/#").expect("valid");
+        assert_eq!(
+            (plain.share_group.as_deref(), plain.to_mqtt_filter().as_str()),
+            (None, "sensors/#")
+        );
+        for bad in ["$SYS/#", "$share/bridges", "$share//a", "$share/a+/b", "$share/g/$SYS/x"] {
+            assert!(Pattern::parse_mqtt_source(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn overlapping_patterns_are_recognised() {
+        let overlap = |a: &str, b: &str| {
+            Pattern::parse(a).expect("valid").overlaps(&Pattern::parse(b).expect("valid"))
+        };
+        assert!(overlap("sensors/+", "sensors/#"));
+        assert!(overlap("sensors/+", "+/temp"));
+        assert!(overlap("a/#", "a"));
+        assert!(!overlap("sensors/+", "sensors/+/x"));
+        assert!(!overlap("a/+", "b/+"));
     }
 
     #[test]
