@@ -240,7 +240,7 @@ async fn osc_and_mqtt_control_the_link_and_the_routes_and_see_its_state() {
     let td = OscReceiver::bind().await;
     let dir = TempDir::new("control");
     let notify = NotifySocket::bind(dir.path());
-    let osc_in = free_udp_port();
+    let (osc_in, http) = (free_udp_port(), free_tcp_port());
     let more = format!(
         r#"
 [mqtt]
@@ -251,6 +251,9 @@ client_id = "ctl-test"
 osc = "/scbridge"
 mqtt = "scbridge/control"
 osc_status_target = "td"
+
+[http]
+listen = "127.0.0.1:{http}"
 {ROUTE_A}"#,
         broker.url()
     );
@@ -297,6 +300,18 @@ osc_status_target = "td"
     wait_until(|| daemon.log().contains("control: route switched"), WAIT, "the route switched")
         .await;
     send_osc(osc_addr, "/a", vec![OscType::Int(7)]).await;
+    // The OSC message and the MQTT command travel different ways; wait
+    // until the router has seen the first before sending the second.
+    let disabled = r#"scbridge_route_messages_total{route="a",event="disabled"}"#;
+    let mut seen = 0.0;
+    for _ in 0..200 {
+        seen = metric(&http_get(http, "/metrics").await.1, disabled);
+        if seen >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, 1.0, "the message on the switched-off route was counted");
     mosquitto::publish(
         broker.port(),
         "scbridge/control/route",

@@ -11,10 +11,12 @@
 //! - [`mosquitto`]: a real Mosquitto broker on a free loopback port, and
 //!   small MQTT clients to publish and assert with.
 //! - [`udp`]: OSC receivers and senders on real UDP sockets.
+//! - [`faults`]: misbehaving peers and a collecting OSC receiver, for faults.
 
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod faults;
 pub mod mosquitto;
 pub mod sc_peer;
 pub mod udp;
