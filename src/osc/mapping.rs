@@ -300,9 +300,20 @@ fn by_json_type(value: &Value, options: &OscOutOptions) -> OscType {
             BoolStyle::Number => number(if *b { 1.0 } else { 0.0 }, options.numbers),
         },
         Value::Number(n) => number(n.as_f64().unwrap_or(0.0), options.numbers),
-        Value::String(s) => OscType::String(s.clone()),
+        Value::String(s) => osc_string(s.clone()),
         // `flatten` has already turned these into JSON text.
-        Value::Array(_) | Value::Object(_) => OscType::String(value.to_string()),
+        Value::Array(_) | Value::Object(_) => osc_string(value.to_string()),
+    }
+}
+
+/// An OSC string ends at its first NUL, so a NUL inside would cut the rest
+/// off at the receiver; NULs are left out instead (JSON text never has one
+/// raw, only `\u0000` escapes, which stay as written).
+fn osc_string(text: String) -> OscType {
+    if text.contains('\0') {
+        OscType::String(text.replace('\0', ""))
+    } else {
+        OscType::String(text)
     }
 }
 
@@ -322,7 +333,7 @@ fn saturating_f32(n: f64) -> f32 {
 /// A scalar coerced to a fixed type tag.
 fn coerce(value: &Value, tag: TypeTag, address: &str, index: usize) -> Result<OscType, MapError> {
     match tag {
-        TypeTag::String => Ok(OscType::String(match value {
+        TypeTag::String => Ok(osc_string(match value {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         })),
