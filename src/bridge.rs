@@ -27,6 +27,9 @@ use crate::stats::{bump, worth_logging};
 
 /// Messages from OSC and MQTT waiting for the router.
 const INBOUND_QUEUE: usize = 8192;
+/// How many waiting messages the router takes in one turn before it looks
+/// at its other inputs again.
+const BATCH: usize = 256;
 /// Control commands waiting for the router.
 const CONTROL_QUEUE: usize = 64;
 /// Last values kept for `resend`, one per route, destination and name.
@@ -597,10 +600,24 @@ impl Router {
                     None => break,
                 },
                 incoming = self.sc_incoming.recv() => match incoming {
-                    Some(incoming) => self.take_socketcluster(incoming),
+                    Some(incoming) => {
+                        self.take_socketcluster(incoming);
+                        // Whatever else is waiting goes in the same turn:
+                        // one wake-up per burst, not per message.
+                        for _ in 0..BATCH {
+                            let Ok(incoming) = self.sc_incoming.try_recv() else { break };
+                            self.take_socketcluster(incoming);
+                        }
+                    }
                     None => break,
                 },
-                Some(message) = self.inbound.recv() => self.route(message),
+                Some(message) = self.inbound.recv() => {
+                    self.route(message);
+                    for _ in 0..BATCH {
+                        let Ok(message) = self.inbound.try_recv() else { break };
+                        self.route(message);
+                    }
+                }
                 _ = sleep_until_or_never(self.coalescer.next_due()) => {
                     for out in self.coalescer.take_due(tokio::time::Instant::now()) {
                         self.outputs.send(out);

@@ -306,6 +306,12 @@ fn validate_sc(sc: &RawSocketCluster) -> Result<ScConfig, Problem> {
     if config.queue_size == 0 {
         return Err(problem("socketcluster.queue_size", "must be at least 1"));
     }
+    if let Some(size) = sc.inbound_queue_size {
+        if size == 0 {
+            return Err(problem("socketcluster.inbound_queue_size", "must be at least 1"));
+        }
+        config.inbound_queue_size = size;
+    }
     config.max_frame_bytes = sc.max_frame_bytes.unwrap_or(1024 * 1024);
     if config.max_frame_bytes < 1024 {
         return Err(problem("socketcluster.max_frame_bytes", "must be at least 1024"));

@@ -114,6 +114,7 @@ pub struct RawSocketCluster {
     pub connect_timeout_ms: Option<u64>,
     pub ack_timeout_ms: Option<u64>,
     pub queue_size: Option<usize>,
+    pub inbound_queue_size: Option<usize>,
     pub max_frame_bytes: Option<usize>,
     pub verify_tls: Option<bool>,
     pub ca_file: Option<String>,

@@ -7,6 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 
 use crate::config::Problem;
 
+/// The receive buffer asked for each listen socket: a few frames of a busy
+/// TouchDesigner patch.
+pub const DEFAULT_RECEIVE_BUFFER: usize = 4 << 20;
+
 /// The largest UDP payload over IPv4, and the default packet limit.
 pub const MAX_UDP_PAYLOAD: usize = 65_507;
 
@@ -23,6 +27,7 @@ pub struct RawOsc {
     pub queue_size: Option<usize>,
     /// Senders allowed to reach the listeners: `"192.168.1.0/24"`, `"10.0.0.5"`.
     pub allow_from: Option<Vec<String>>,
+    pub receive_buffer_bytes: Option<usize>,
 }
 
 /// One `[osc.targets]` entry: `td = "127.0.0.1:7000"` or
@@ -51,6 +56,8 @@ pub struct OscConfig {
     pub queue_size: usize,
     /// When not empty, only these senders are heard; others are counted.
     pub allow_from: Vec<Network>,
+    /// SO_RCVBUF asked for each listen socket (the kernel may grant less).
+    pub receive_buffer_bytes: usize,
 }
 
 /// An address range: an IP and how many leading bits must match.
@@ -105,6 +112,7 @@ impl Default for OscConfig {
             targets: Vec::new(),
             max_packet_bytes: MAX_UDP_PAYLOAD,
             allow_from: Vec::new(),
+            receive_buffer_bytes: DEFAULT_RECEIVE_BUFFER,
             queue_size: 4096,
         }
     }
@@ -184,6 +192,9 @@ pub fn validate(raw: &RawOsc) -> Result<OscConfig, Problem> {
         let network = Network::parse(text)
             .map_err(|message| Problem::new(format!("osc.allow_from[{index}]"), message))?;
         config.allow_from.push(network);
+    }
+    if let Some(bytes) = raw.receive_buffer_bytes {
+        config.receive_buffer_bytes = bytes;
     }
     if let Some(size) = raw.queue_size {
         if size == 0 {

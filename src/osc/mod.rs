@@ -116,8 +116,8 @@ impl OscEndpoint {
         let mut listeners = Vec::with_capacity(config.listen.len());
         let mut listen_addrs = Vec::with_capacity(config.listen.len());
         for &addr in &config.listen {
-            let socket =
-                UdpSocket::bind(addr).await.map_err(|source| OscError::Bind { addr, source })?;
+            let socket = bind_listener(addr, config.receive_buffer_bytes)
+                .map_err(|source| OscError::Bind { addr, source })?;
             let bound = socket.local_addr().map_err(|source| OscError::Bind { addr, source })?;
             listeners.push(socket);
             listen_addrs.push(bound);
@@ -255,6 +255,27 @@ impl OwnSender {
         // A dual-stack listener sees IPv4 senders as ::ffff:a.b.c.d.
         from.port() == self.port && self.ips.contains(&from.ip().to_canonical())
     }
+}
+
+/// Binds a listen socket with a large receive buffer. TouchDesigner sends a
+/// whole frame's worth of datagrams at once (500 channels at 60 Hz is 500
+/// datagrams every 16 ms); the kernel's default buffer (~208 KiB) overflows
+/// and drops a third of them before any task can read. The kernel caps the
+/// size at net.core.rmem_max; what it granted is logged.
+fn bind_listener(addr: SocketAddr, receive_buffer: usize) -> std::io::Result<UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if receive_buffer > 0
+        && let Err(err) = socket.set_recv_buffer_size(receive_buffer)
+    {
+        tracing::warn!(listen = %addr, error = %err, "could not enlarge the OSC receive buffer");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    if let Ok(granted) = socket.recv_buffer_size() {
+        tracing::debug!(listen = %addr, requested = receive_buffer, granted, "OSC receive buffer");
+    }
+    UdpSocket::from_std(socket.into())
 }
 
 fn source_ip_towards(destination: SocketAddr, broadcast: bool) -> Option<IpAddr> {

@@ -71,7 +71,7 @@ impl ScConfig {
             connect_timeout: Duration::from_secs(20),
             ack_timeout: Duration::from_secs(10),
             queue_size: 1000,
-            inbound_queue_size: 4096,
+            inbound_queue_size: 16384,
             max_frame_bytes: 1024 * 1024,
             verify_tls: true,
             ca_file: None,
