@@ -147,6 +147,11 @@ struct Cli {
     /// Seconds of the reverse phase (default 5, or 1 with --quick).
     #[arg(long)]
     reverse_secs: Option<f64>,
+    /// Coalesce the reverse route to at most this many messages per second
+    /// per address (`max_rate`); "lost" then counts the values replaced by
+    /// newer ones, by design.
+    #[arg(long)]
+    reverse_max_rate: Option<f64>,
     /// Small numbers, one run: a smoke test of the whole setup.
     #[arg(long)]
     quick: bool,
@@ -172,6 +177,7 @@ struct Settings {
     reverse_addresses: u32,
     reverse_hz: u32,
     reverse_secs: f64,
+    reverse_max_rate: Option<f64>,
     soak: Option<u64>,
     scbridge: PathBuf,
     root: PathBuf,
@@ -210,6 +216,7 @@ impl Settings {
             reverse_addresses: cli.reverse_addresses,
             reverse_hz: cli.reverse_hz,
             reverse_secs: cli.reverse_secs.unwrap_or(if quick { 1.0 } else { 5.0 }),
+            reverse_max_rate: cli.reverse_max_rate,
             soak: cli.soak,
             scbridge,
             root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
@@ -303,6 +310,7 @@ fn settings_json(settings: &Settings) -> Value {
         "reverse": {
             "addresses": settings.reverse_addresses,
             "hz": settings.reverse_hz,
+            "max_rate": settings.reverse_max_rate,
             "secs": settings.reverse_secs,
             "rate": f64::from(settings.reverse_addresses) * f64::from(settings.reverse_hz),
         },
@@ -380,8 +388,15 @@ async fn run_once(settings: &Settings, index: usize) -> Result<(Figures, Value)>
     let rx_port = osc_socket.local_addr()?.port();
     let rx_buffer = enlarge_receive_buffer(&osc_socket, RX_BUFFER_BYTES);
     let osc_receiver = OscReceiver::spawn(osc_socket, sinks.osc.clone())?;
-    let bridge =
-        Bridge::start(&settings.scbridge, &dir.0, server.port, broker.port, rx_port).await?;
+    let bridge = Bridge::start(
+        &settings.scbridge,
+        &dir.0,
+        server.port,
+        broker.port,
+        rx_port,
+        settings.reverse_max_rate,
+    )
+    .await?;
     let mqtt_receiver = mqtt_receiver(broker.port, sinks.mqtt.clone());
     let (plain, plain_receiver) = plain_receiver(server.port, &sinks);
     let generator = sc_client(server.port, 200_000).0;
@@ -1163,11 +1178,15 @@ impl Bridge {
         sc_port: u16,
         mqtt_port: u16,
         rx_port: u16,
+        reverse_max_rate: Option<f64>,
     ) -> Result<Bridge> {
         for attempt in 0..3 {
             let listen_port = free_udp_port()?;
             let config = dir.join("bridge.toml");
-            std::fs::write(&config, bridge_config(sc_port, mqtt_port, listen_port, rx_port))?;
+            std::fs::write(
+                &config,
+                bridge_config(sc_port, mqtt_port, listen_port, rx_port, reverse_max_rate),
+            )?;
             let log = dir.join(format!("scbridge-{attempt}.log"));
             let mut child = Command::new(binary)
                 .args(["run", "--log-level", "warn", "--config"])
@@ -1212,7 +1231,14 @@ impl Bridge {
     }
 }
 
-fn bridge_config(sc_port: u16, mqtt_port: u16, listen_port: u16, rx_port: u16) -> String {
+fn bridge_config(
+    sc_port: u16,
+    mqtt_port: u16,
+    listen_port: u16,
+    rx_port: u16,
+    reverse_max_rate: Option<f64>,
+) -> String {
+    let coalesce = reverse_max_rate.map(|rate| format!("max_rate = {rate}\n")).unwrap_or_default();
     format!(
         r#"[socketcluster]
 url = "ws://127.0.0.1:{sc_port}/socketcluster/"
@@ -1243,7 +1269,7 @@ to = [{{ osc = "/load/*", objects = "json" }}, {{ mqtt = "bench/load/+" }}]
 name = "reverse"
 from = {{ osc = "/rev/*" }}
 to = [{{ cables_object = "rev/{{1}}" }}]
-"#
+{coalesce}"#
     )
 }
 
