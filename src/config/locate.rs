@@ -86,8 +86,31 @@ pub fn locate(source: &str, path: &str) -> Option<Range<usize>> {
 /// Table values span only their `[header]`, so every table is searched, not
 /// just the ones whose span covers the offset.
 pub fn key_at(source: &str, offset: usize) -> Option<String> {
-    let root = DeTable::parse(source).ok()?;
-    search_table(root.get_ref(), offset)
+    // Recovering: a file with a syntax error (a duplicate key, say) still
+    // has its keys found up to and around the error.
+    let (root, _) = DeTable::parse_recoverable(source);
+    search_table(root.get_ref(), offset).or_else(|| key_written_at(source, offset))
+}
+
+/// The key as written at `offset`, under the `[table]` header above it: for
+/// errors about a key the parser could not keep (a duplicate, say).
+fn key_written_at(source: &str, offset: usize) -> Option<String> {
+    let offset = floor_char_boundary(source, offset.min(source.len()));
+    let is_key = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.';
+    let key: String = source[offset..].chars().take_while(|c| is_key(*c)).collect();
+    if key.is_empty() {
+        return None;
+    }
+    let header = source[..offset]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.starts_with('['))
+        .map(|line| line.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    Some(match header {
+        Some(table) if !table.is_empty() => format!("{table}.{key}"),
+        _ => key,
+    })
 }
 
 fn search_table(table: &DeTable<'_>, offset: usize) -> Option<String> {
@@ -148,6 +171,13 @@ source = \"b\"
         assert_eq!(key_at(SOURCE, offset).as_deref(), Some("socketcluster.queue_size"));
         let offset = SOURCE.find("\"b\"").expect("b present");
         assert_eq!(key_at(SOURCE, offset).as_deref(), Some("route[1].source"));
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named_under_its_table() {
+        let source = "[socketcluster]\nurl = \"a\"\nurl = \"b\"\n";
+        let offset = source.rfind("url").expect("second url");
+        assert_eq!(key_at(source, offset).as_deref(), Some("socketcluster.url"));
     }
 
     #[test]
