@@ -115,6 +115,19 @@ fn qos(key: &str, level: Option<u8>) -> Result<QoS, Problem> {
 
 use crate::route::table::OSC_RESERVED as OSC_FORBIDDEN;
 
+/// The OSC destination options, and whether each is set.
+fn osc_options_set(raw: &RawEnd) -> [(&'static str, bool); 7] {
+    [
+        ("target", raw.target.is_some()),
+        ("numbers", raw.numbers.is_some()),
+        ("bools", raw.bools.is_some()),
+        ("null", raw.null.is_some()),
+        ("objects", raw.objects.is_some()),
+        ("trigger", raw.trigger.is_some()),
+        ("types", raw.types.is_some()),
+    ]
+}
+
 fn validate_source(raw: &RawEnd, key: &str, links: &Links<'_>) -> Result<Source, Problem> {
     let (kind, text) = kind_of(raw, key)?;
     let kind_key = format!("{key}.{}", kind.key());
@@ -149,19 +162,13 @@ fn validate_source(raw: &RawEnd, key: &str, links: &Links<'_>) -> Result<Source,
         "sc_channel sources",
     )?;
     only_for(key, "qos", raw.qos.is_some(), kind == SourceKind::Mqtt, "mqtt ends")?;
-    for (option, set) in [
+    let destination_only = [
         ("invoke", raw.invoke.is_some()),
         ("topic", raw.topic.is_some()),
         ("retain", raw.retain.is_some()),
         ("payload", raw.payload.is_some()),
-        ("target", raw.target.is_some()),
-        ("numbers", raw.numbers.is_some()),
-        ("bools", raw.bools.is_some()),
-        ("null", raw.null.is_some()),
-        ("objects", raw.objects.is_some()),
-        ("trigger", raw.trigger.is_some()),
-        ("types", raw.types.is_some()),
-    ] {
+    ];
+    for (option, set) in destination_only.into_iter().chain(osc_options_set(raw)) {
         only_for(key, option, set, false, "destinations (`to`)")?;
     }
     Ok(Source {
@@ -213,15 +220,7 @@ fn validate_destination(
     only_for(key, "qos", raw.qos.is_some(), is(SourceKind::Mqtt), "mqtt ends")?;
     only_for(key, "retain", raw.retain.is_some(), is(SourceKind::Mqtt), "mqtt destinations")?;
     only_for(key, "payload", raw.payload.is_some(), is(SourceKind::Mqtt), "mqtt destinations")?;
-    for (option, set) in [
-        ("target", raw.target.is_some()),
-        ("numbers", raw.numbers.is_some()),
-        ("bools", raw.bools.is_some()),
-        ("null", raw.null.is_some()),
-        ("objects", raw.objects.is_some()),
-        ("trigger", raw.trigger.is_some()),
-        ("types", raw.types.is_some()),
-    ] {
+    for (option, set) in osc_options_set(raw) {
         only_for(key, option, set, is(SourceKind::Osc), "osc destinations")?;
     }
     let target = match kind {
