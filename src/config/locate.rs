@@ -89,7 +89,9 @@ pub fn key_at(source: &str, offset: usize) -> Option<String> {
     // Recovering: a file with a syntax error (a duplicate key, say) still
     // has its keys found up to and around the error.
     let (root, _) = DeTable::parse_recoverable(source);
-    search_table(root.get_ref(), offset).or_else(|| key_written_at(source, offset))
+    search_table(root.get_ref(), offset)
+        .filter(|key| !key.is_empty())
+        .or_else(|| key_written_at(source, offset))
 }
 
 /// The key as written at `offset`, under the `[table]` header above it: for
@@ -171,6 +173,12 @@ source = \"b\"
         assert_eq!(key_at(SOURCE, offset).as_deref(), Some("socketcluster.queue_size"));
         let offset = SOURCE.find("\"b\"").expect("b present");
         assert_eq!(key_at(SOURCE, offset).as_deref(), Some("route[1].source"));
+    }
+
+    #[test]
+    fn a_keyless_line_names_no_empty_key() {
+        let source = " = ]\n";
+        assert_ne!(key_at(source, 1).as_deref(), Some(""));
     }
 
     #[test]
