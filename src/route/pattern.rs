@@ -171,6 +171,8 @@ pub struct Template {
     pieces: Vec<Piece>,
     /// The highest capture number used (1-based), 0 for a literal.
     pub uses: usize,
+    /// The last segment is `**` or `#`, which may have matched no level.
+    ends_with_rest: bool,
 }
 
 impl Template {
@@ -198,7 +200,8 @@ impl Template {
                 other => parse_braces(other, &mut pieces, &mut uses)?,
             }
         }
-        Ok(Template { text: text.to_owned(), pieces, uses })
+        let ends_with_rest = matches!(segments.last(), Some(&"**" | &"#"));
+        Ok(Template { text: text.to_owned(), pieces, uses, ends_with_rest })
     }
 
     /// Fills the template; `None` when a capture is missing.
@@ -212,6 +215,15 @@ impl Template {
                 Piece::Text(text) => out.push_str(text),
                 Piece::Capture(index) => out.push_str(captures.get(*index)?),
             }
+        }
+        // A rest wildcard that matched no level (`home/#` on `home`) leaves
+        // no dangling separator: `/td/#` fills as `/td`, not `/td/`.
+        let ends_empty = match self.pieces.last() {
+            Some(Piece::Capture(index)) => captures.get(*index).is_some_and(String::is_empty),
+            _ => false,
+        };
+        if self.ends_with_rest && ends_empty && out.len() > 1 && out.ends_with('/') {
+            out.pop();
         }
         Some(out)
     }
@@ -293,6 +305,11 @@ mod tests {
         assert_eq!(fill("literal/name").as_deref(), Some("literal/name"));
         assert_eq!(Template::parse("x/{3}").expect("valid").fill(&caps), None);
         assert_eq!(Template::parse("a/{2}/*").expect("valid").uses, 2);
+        let empty_rest = vec![String::new()];
+        assert_eq!(
+            Template::parse("/td/#").expect("valid").fill(&empty_rest).as_deref(),
+            Some("/td")
+        );
     }
 
     #[test]
