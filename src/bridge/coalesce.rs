@@ -1,0 +1,135 @@
+//! `max_rate`: at most one output per interval per destination name, the
+//! newest value winning.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::route::Outbound;
+
+/// Names tracked before idle ones are forgotten.
+const TRACKED_NAMES: usize = 10_000;
+
+/// What happened to an output offered to the coalescer.
+pub(super) enum Offer {
+    SendNow(Outbound),
+    /// Held until its name's interval has passed.
+    Waiting,
+    /// Held, replacing an older value that was waiting.
+    Replaced,
+}
+
+/// One destination name of one route: (route, destination, name).
+pub(super) type OutputKey = (usize, usize, String);
+
+/// Per destination name: at most one output per interval, the newest value
+/// winning. Keeps a value stream (500 faders at 60 Hz) from flooding the
+/// SocketCluster server, while the last value always arrives.
+#[derive(Default)]
+pub(super) struct Coalescer {
+    slots: HashMap<OutputKey, Slot>,
+    /// Due times of waiting values, earliest first.
+    due: std::collections::BinaryHeap<std::cmp::Reverse<(tokio::time::Instant, OutputKey)>>,
+}
+
+struct Slot {
+    /// When the next output for this name may go.
+    next: tokio::time::Instant,
+    interval: Duration,
+    /// The newest value waiting for `next`.
+    waiting: Option<Outbound>,
+}
+
+impl Coalescer {
+    pub(super) fn offer(
+        &mut self,
+        out: Outbound,
+        interval: Duration,
+        now: tokio::time::Instant,
+    ) -> Offer {
+        let key = (out.route.0, out.destination, out.name.clone());
+        match self.slots.get_mut(&key) {
+            Some(slot) if slot.next > now => {
+                if slot.waiting.replace(out).is_some() {
+                    Offer::Replaced
+                } else {
+                    self.due.push(std::cmp::Reverse((slot.next, key)));
+                    Offer::Waiting
+                }
+            }
+            Some(slot) => {
+                slot.next = now + interval;
+                slot.interval = interval;
+                Offer::SendNow(out)
+            }
+            None => {
+                if self.slots.len() >= TRACKED_NAMES {
+                    // Too many distinct names to track: forget the idle ones.
+                    self.slots.retain(|_, slot| slot.next > now || slot.waiting.is_some());
+                }
+                self.slots.insert(key, Slot { next: now + interval, interval, waiting: None });
+                Offer::SendNow(out)
+            }
+        }
+    }
+
+    pub(super) fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.due.peek().map(|std::cmp::Reverse((at, _))| *at)
+    }
+
+    /// The waiting values whose turn has come; each starts a new interval.
+    pub(super) fn take_due(&mut self, now: tokio::time::Instant) -> Vec<Outbound> {
+        let mut ready = Vec::new();
+        while self.next_due().is_some_and(|at| at <= now) {
+            let Some(std::cmp::Reverse((_, key))) = self.due.pop() else { break };
+            if let Some(slot) = self.slots.get_mut(&key)
+                && let Some(out) = slot.waiting.take()
+            {
+                slot.next = now + slot.interval;
+                ready.push(out);
+            }
+        }
+        ready
+    }
+
+    pub(super) fn drain(&mut self) -> Vec<Outbound> {
+        self.due.clear();
+        self.slots.drain().filter_map(|(_, slot)| slot.waiting).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Body;
+    use crate::route::{RouteId, Target};
+    use serde_json::json;
+    fn output(name: &str, value: f64) -> Outbound {
+        Outbound {
+            route: RouteId(0),
+            destination: 0,
+            target: Target::ScChannel,
+            name: name.into(),
+            body: Body::Value(json!(value)),
+        }
+    }
+
+    #[test]
+    fn the_coalescer_sends_at_most_one_per_interval_and_always_the_latest() {
+        let mut c = Coalescer::default();
+        let start = tokio::time::Instant::now();
+        let every = Duration::from_millis(100);
+        assert!(matches!(c.offer(output("/a", 1.0), every, start), Offer::SendNow(_)));
+        assert!(matches!(c.offer(output("/a", 2.0), every, start), Offer::Waiting));
+        assert!(matches!(c.offer(output("/a", 3.0), every, start), Offer::Replaced));
+        assert!(
+            matches!(c.offer(output("/b", 9.0), every, start), Offer::SendNow(_)),
+            "names are separate"
+        );
+        assert!(c.take_due(start + Duration::from_millis(50)).is_empty());
+        assert_eq!(c.next_due(), Some(start + every));
+        let due = c.take_due(start + every);
+        assert_eq!(due, vec![output("/a", 3.0)]);
+        assert!(matches!(c.offer(output("/a", 4.0), every, start + every), Offer::Waiting));
+        assert_eq!(c.drain(), vec![output("/a", 4.0)]);
+    }
+}

@@ -1,0 +1,70 @@
+//! Control commands as OSC and MQTT senders write them.
+
+use serde_json::Value;
+
+use super::Control;
+
+/// Reads a truthy value the way OSC and MQTT senders write one.
+fn truthy(value: &Value) -> Option<bool> {
+    match value {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => n.as_f64().map(|f| f != 0.0),
+        Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "1" | "on" | "true" | "yes" => Some(true),
+            "0" | "off" | "false" | "no" => Some(false),
+            _ => None,
+        },
+        Value::Array(items) if items.len() == 1 => truthy(&items[0]),
+        _ => None,
+    }
+}
+
+/// `active` 0/1, `reset`, `resend`, `route` [name, 0/1] or {name, enabled}.
+pub(super) fn parse_control(command: &str, value: &Value) -> Result<Control, String> {
+    match command {
+        "active" => truthy(value).map(Control::SetActive).ok_or_else(|| "active needs 0/1".into()),
+        "reset" => Ok(Control::Reset),
+        "resend" => Ok(Control::Resend),
+        "route" => {
+            let (name, flag) = match value {
+                Value::Array(items) if items.len() == 2 => (items[0].as_str(), truthy(&items[1])),
+                Value::Object(fields) => (
+                    fields.get("name").and_then(Value::as_str),
+                    fields.get("enabled").and_then(truthy),
+                ),
+                _ => (None, None),
+            };
+            match (name, flag) {
+                (Some(name), Some(enabled)) => {
+                    Ok(Control::SetRouteEnabled { name: name.to_owned(), enabled })
+                }
+                _ => Err("route needs [name, 0/1] or {\"name\": ..., \"enabled\": ...}".into()),
+            }
+        }
+        other => Err(format!("unknown control command `{other}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn control_commands_read_osc_and_mqtt_shapes() {
+        assert!(matches!(parse_control("active", &json!(0.0)), Ok(Control::SetActive(false))));
+        assert!(matches!(parse_control("active", &json!("on")), Ok(Control::SetActive(true))));
+        assert!(matches!(parse_control("reset", &Value::Null), Ok(Control::Reset)));
+        assert!(matches!(
+            parse_control("route", &json!(["lights", 0])),
+            Ok(Control::SetRouteEnabled { name, enabled: false }) if name == "lights"
+        ));
+        assert!(matches!(
+            parse_control("route", &json!({"name": "lights", "enabled": true})),
+            Ok(Control::SetRouteEnabled { enabled: true, .. })
+        ));
+        assert!(parse_control("route", &json!(1)).is_err());
+        assert!(parse_control("explode", &json!(1)).is_err());
+        assert!(parse_control("active", &json!("maybe")).is_err());
+    }
+}

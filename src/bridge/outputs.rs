@@ -1,0 +1,188 @@
+//! Handing each output to its endpoint without waiting, and counting what
+//! could not go; and the memory of our own publishes on plain channels.
+
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{BridgeStats, RouteStats};
+use crate::cables::Cables;
+use crate::message::Body;
+use crate::mqtt::{MqttHandle, MqttOut};
+use crate::osc::{OscHandle, OscOut};
+use crate::route::{Outbound, Target};
+use crate::sc::{InvokeError, ScClient};
+use crate::stats::{bump, worth_logging};
+
+/// How long our own publish on a plain SocketCluster channel is expected back.
+const ECHO_WINDOW: Duration = Duration::from_secs(5);
+/// How many own publishes are remembered for echo suppression.
+const ECHO_MEMORY: usize = 4096;
+
+/// Remembers our own publishes on plain SocketCluster channels, which carry
+/// no client id, so that the server's echo of them is not taken as input.
+#[derive(Default)]
+pub(super) struct EchoFilter {
+    sent: Mutex<VecDeque<(u64, Instant)>>,
+}
+
+impl EchoFilter {
+    fn key(channel: &str, data: &Value) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        channel.hash(&mut hasher);
+        // serde_json's maps are sorted, so equal values print equally.
+        data.to_string().hash(&mut hasher);
+        hasher.finish()
+    }
+
+    pub(super) fn remember(&self, channel: &str, data: &Value) {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        if sent.len() >= ECHO_MEMORY {
+            sent.pop_front();
+        }
+        sent.push_back((Self::key(channel, data), Instant::now()));
+    }
+
+    /// True (once) when this is the echo of something we sent.
+    pub(super) fn is_echo(&self, channel: &str, data: &Value) -> bool {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        while sent.front().is_some_and(|(_, at)| now.duration_since(*at) > ECHO_WINDOW) {
+            sent.pop_front();
+        }
+        if sent.is_empty() {
+            return false;
+        }
+        let key = Self::key(channel, data);
+        match sent.iter().position(|(k, _)| *k == key) {
+            Some(position) => {
+                sent.remove(position);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Everything outputs go to; cheap to clone into a delayed send.
+#[derive(Clone)]
+pub(super) struct Outputs {
+    pub(super) sc: ScClient,
+    pub(super) cables: Option<Arc<CablesOut>>,
+    pub(super) osc: Option<OscHandle>,
+    pub(super) mqtt: Option<MqttHandle>,
+    pub(super) routes: Arc<Vec<RouteStats>>,
+    pub(super) stats: Arc<BridgeStats>,
+    pub(super) echoes: Arc<EchoFilter>,
+}
+
+/// What sending to cables needs: the envelope settings and the current
+/// right to send, which the router task updates from control messages.
+pub(super) struct CablesOut {
+    pub(super) cables: Cables,
+    pub(super) can_send: AtomicBool,
+}
+
+impl Outputs {
+    pub(super) fn send(&self, out: Outbound) {
+        let stats = &self.routes[out.route.0];
+        let Outbound { target, name, body, .. } = out;
+        let delivered = match target {
+            Target::Osc { target, options } => match &self.osc {
+                Some(osc) => osc.send(OscOut { target, address: name, body, options }).is_ok(),
+                None => return bump(&stats.no_link),
+            },
+            Target::Mqtt { qos, retain, format } => match &self.mqtt {
+                Some(mqtt) => mqtt.send(MqttOut { topic: name, body, qos, retain, format }).is_ok(),
+                None => return bump(&stats.no_link),
+            },
+            Target::CablesObject | Target::CablesTrigger { .. } => {
+                let Some(cables) = &self.cables else { return bump(&stats.no_link) };
+                if !cables.can_send.load(Ordering::Relaxed) {
+                    bump(&stats.not_allowed);
+                    let count = crate::stats::get(&stats.not_allowed);
+                    if worth_logging(count) {
+                        tracing::info!(
+                            count,
+                            "cables: not sending (Allow Send off, or another sender took over)"
+                        );
+                    }
+                    return;
+                }
+                let (channel, envelope) = match target {
+                    Target::CablesTrigger { topic } => (
+                        cables.cables.triggers_channel(),
+                        cables.cables.envelope(
+                            topic.as_deref().unwrap_or(&name),
+                            Value::String(name.clone()),
+                        ),
+                    ),
+                    _ => (
+                        cables.cables.objects_channel(),
+                        cables.cables.envelope(&name, value_of(body, &name)),
+                    ),
+                };
+                self.sc.publish(channel, &envelope);
+                true
+            }
+            Target::ScChannel => {
+                let data = value_of(body, &name);
+                self.echoes.remember(&name, &data);
+                self.sc.publish(&name, &data);
+                true
+            }
+            Target::ScEvent { invoke } => {
+                let data = value_of(body, &name);
+                if invoke {
+                    let sc = self.sc.clone();
+                    let stats = self.stats.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = sc.invoke(&name, Some(&data)).await {
+                            bump(&stats.failed_invokes);
+                            let level_worthy = !matches!(err, InvokeError::Remote(_));
+                            tracing::warn!(event = %name, error = %err, timeout = level_worthy, "invoke to the SocketCluster server failed");
+                        }
+                    });
+                } else {
+                    self.sc.transmit(&name, Some(&data));
+                }
+                true
+            }
+        };
+        if delivered {
+            bump(&stats.sent);
+        } else {
+            bump(&stats.queue_full);
+            let count = crate::stats::get(&stats.queue_full);
+            if worth_logging(count) {
+                tracing::warn!(count, "an endpoint queue is full: dropped an output");
+            }
+        }
+    }
+}
+
+fn value_of(body: Body, name: &str) -> Value {
+    match body {
+        Body::Value(value) => value,
+        Body::Trigger => Value::String(name.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn own_channel_publishes_are_recognised_once() {
+        let echoes = EchoFilter::default();
+        echoes.remember("notes", &json!({"a": 1}));
+        assert!(!echoes.is_echo("notes", &json!({"a": 2})));
+        assert!(echoes.is_echo("notes", &json!({"a": 1})));
+        assert!(!echoes.is_echo("notes", &json!({"a": 1})));
+    }
+}

@@ -1,0 +1,544 @@
+//! The router task: the one place every message is routed, exactly once;
+//! it also carries out control commands and reloads.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::coalesce::{Coalescer, Offer, OutputKey};
+use super::control::parse_control;
+use super::outputs::{CablesOut, Outputs};
+use super::{
+    Control, Endpoint, ReloadReport, RouteStats, View, mqtt_subscriptions, sc_subscriptions,
+    start_mqtt, start_osc,
+};
+use crate::cables::{Cables, Received};
+use crate::config::Config;
+use crate::http::RecentLog;
+use crate::message::{Body, Message, SourceKind};
+use crate::mqtt::{MqttHandle, MqttOut, PayloadFormat, QoS};
+use crate::osc::mapping::OscOutOptions;
+use crate::osc::{OscHandle, OscOut};
+use crate::route::{Outbound, RouteId, RoutingTable, Skip};
+use crate::sc::{Incoming, LinkState, ScClient};
+use crate::stats::{bump, worth_logging};
+
+/// How many waiting messages the router takes in one turn before it looks
+/// at its other inputs again.
+const BATCH: usize = 256;
+/// Last values kept for `resend`, one per route, destination and name.
+const RESEND_MEMORY: usize = 10_000;
+
+pub(super) struct Router {
+    pub(super) config: Config,
+    pub(super) recent: Arc<RecentLog>,
+    pub(super) alive: Arc<AtomicBool>,
+    pub(super) table: Arc<RoutingTable>,
+    pub(super) outputs: Outputs,
+    pub(super) cables: Option<Cables>,
+    pub(super) raw_channels: HashSet<String>,
+    pub(super) events: HashSet<String>,
+    pub(super) monitored: HashSet<String>,
+    /// Runtime overrides of routes' `enabled`.
+    pub(super) enabled: HashMap<RouteId, bool>,
+    /// The last output of every state route, for `resend`.
+    pub(super) last_values: HashMap<OutputKey, Outbound>,
+    /// Whether `resend` can be asked for (a control prefix is configured).
+    pub(super) resend_enabled: bool,
+    /// Rate-limited routes: per destination name, when it last went out and
+    /// the newest value waiting for its turn.
+    pub(super) coalescer: Coalescer,
+    pub(super) out: Vec<Outbound>,
+    pub(super) skipped: Vec<(RouteId, Skip)>,
+    pub(super) osc: Option<Endpoint<OscHandle>>,
+    pub(super) mqtt: Option<Endpoint<MqttHandle>>,
+    pub(super) sc_incoming: mpsc::Receiver<Incoming>,
+    pub(super) link: watch::Receiver<LinkState>,
+    pub(super) inbound: mpsc::Receiver<Message>,
+    /// Kept to hand to endpoints restarted by a reload.
+    pub(super) inbound_tx: mpsc::Sender<Message>,
+    pub(super) controls: mpsc::Receiver<Control>,
+    pub(super) view: Arc<RwLock<View>>,
+    pub(super) shutdown: CancellationToken,
+}
+
+impl Router {
+    /// Takes the parts of a config that need no restart: what to listen to,
+    /// the cables state, the control settings.
+    pub(super) fn adopt(&mut self, config: &Config) {
+        let cables_changed = self.cables.as_ref().map(|c| c.config()) != config.cables.as_ref();
+        if cables_changed || self.cables.is_none() {
+            self.cables = config.cables.clone().map(Cables::new);
+            self.outputs.cables = self.cables.as_ref().map(|c| {
+                Arc::new(CablesOut {
+                    cables: Cables::new(c.config().clone()),
+                    can_send: AtomicBool::new(c.can_send()),
+                })
+            });
+        }
+        self.raw_channels = config
+            .routes
+            .iter()
+            .filter(|r| r.source.kind == SourceKind::ScChannel)
+            .map(|r| r.source.pattern.text.clone())
+            .collect();
+        self.events = config
+            .routes
+            .iter()
+            .filter(|r| r.source.kind == SourceKind::ScEvent)
+            .map(|r| r.source.pattern.text.clone())
+            .collect();
+        self.monitored = config.subscribe.iter().map(|s| s.channel.clone()).collect();
+        self.resend_enabled = config.control.osc.is_some() || config.control.mqtt.is_some();
+    }
+
+    fn publish_view(&self) {
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        view.table = self.table.clone();
+        view.routes = self.outputs.routes.clone();
+        view.sc = self.outputs.sc.clone();
+        view.osc = self.outputs.osc.clone();
+        view.mqtt = self.outputs.mqtt.clone();
+        view.enabled = self
+            .enabled
+            .iter()
+            .filter_map(|(id, on)| self.table.route_by_id(*id).map(|r| (r.name.clone(), *on)))
+            .collect();
+    }
+
+    pub(super) async fn run(mut self) {
+        self.publish_status();
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                control = self.controls.recv() => match control {
+                    Some(control) => self.apply(control).await,
+                    None => break,
+                },
+                incoming = self.sc_incoming.recv() => match incoming {
+                    Some(incoming) => {
+                        self.take_socketcluster(incoming);
+                        // Whatever else is waiting goes in the same turn:
+                        // one wake-up per burst, not per message.
+                        for _ in 0..BATCH {
+                            let Ok(incoming) = self.sc_incoming.try_recv() else { break };
+                            self.take_socketcluster(incoming);
+                        }
+                    }
+                    None => break,
+                },
+                Some(message) = self.inbound.recv() => {
+                    self.route(message);
+                    for _ in 0..BATCH {
+                        let Ok(message) = self.inbound.try_recv() else { break };
+                        self.route(message);
+                    }
+                }
+                _ = sleep_until_or_never(self.coalescer.next_due()) => {
+                    for out in self.coalescer.take_due(tokio::time::Instant::now()) {
+                        self.outputs.send(out);
+                    }
+                }
+                changed = self.link.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let connected = self.link.borrow_and_update().is_connected();
+                    if connected {
+                        self.announce();
+                    }
+                    self.publish_status();
+                }
+            }
+        }
+        self.alive.store(false, Ordering::Relaxed);
+    }
+
+    async fn apply(&mut self, control: Control) {
+        match control {
+            Control::Reload(config, reply) => {
+                let report = self.reload(*config).await;
+                let _ = reply.send(report);
+            }
+            other => self.apply_now(other),
+        }
+    }
+
+    /// Applies a new config: routes and subscriptions change in place; a link
+    /// is restarted only when its own settings changed.
+    async fn reload(&mut self, config: Config) -> ReloadReport {
+        let mut report = ReloadReport { routes: config.routes.len(), ..ReloadReport::default() };
+        // Waiting values belong to the old table's routes: send them first.
+        for out in self.coalescer.drain() {
+            self.outputs.send(out);
+        }
+        let old_subscriptions = sc_subscriptions(&self.config);
+        let new_subscriptions = sc_subscriptions(&config);
+        if config.socketcluster != self.config.socketcluster {
+            self.outputs.sc.shutdown().await;
+            let (sc, incoming) = ScClient::start(config.socketcluster.clone());
+            for sub in &new_subscriptions {
+                sc.subscribe(&sub.channel, sub.wait_for_auth).await;
+            }
+            self.link = sc.link_state();
+            self.sc_incoming = incoming;
+            self.outputs.sc = sc;
+            report.socketcluster_reconnected = true;
+        } else {
+            for old in old_subscriptions.iter().filter(|o| !new_subscriptions.contains(o)) {
+                self.outputs.sc.unsubscribe(&old.channel).await;
+            }
+            for new in new_subscriptions.iter().filter(|n| !old_subscriptions.contains(n)) {
+                self.outputs.sc.subscribe(&new.channel, new.wait_for_auth).await;
+            }
+        }
+        if config.osc != self.config.osc {
+            if let Some(old) = self.osc.take() {
+                old.stop.cancel();
+                old.handle.stopped().await;
+            }
+            match start_osc(&config, &self.inbound_tx, &self.shutdown).await {
+                Ok(osc) => self.osc = osc,
+                Err(err) => {
+                    tracing::error!(error = %err, "reload: the OSC endpoint could not start")
+                }
+            }
+            self.outputs.osc = self.osc.as_ref().map(|e| e.handle.clone());
+            report.osc_restarted = true;
+        }
+        if config.mqtt != self.config.mqtt
+            || mqtt_subscriptions(&config) != mqtt_subscriptions(&self.config)
+        {
+            if let Some(old) = self.mqtt.take() {
+                old.handle.shutdown().await;
+                old.stop.cancel();
+            }
+            match start_mqtt(&config, &self.inbound_tx, &self.shutdown) {
+                Ok(mqtt) => self.mqtt = mqtt,
+                Err(err) => {
+                    tracing::error!(error = %err, "reload: the MQTT endpoint could not start")
+                }
+            }
+            self.outputs.mqtt = self.mqtt.as_ref().map(|e| e.handle.clone());
+            report.mqtt_restarted = true;
+        }
+        // Routes: counters and runtime switches carry over by route name.
+        let old_table = self.table.clone();
+        let old_stats = self.outputs.routes.clone();
+        let table = Arc::new(RoutingTable::new(config.routes.clone()));
+        let stats: Vec<RouteStats> = table
+            .routes()
+            .iter()
+            .map(|route| {
+                let fresh = RouteStats::default();
+                if let Some(old) = old_table.find(&route.name).and_then(|id| old_stats.get(id.0)) {
+                    for ((_, value), (_, counter)) in
+                        old.snapshot().into_iter().zip(fresh.counters())
+                    {
+                        counter.store(value, Ordering::Relaxed);
+                    }
+                }
+                fresh
+            })
+            .collect();
+        self.enabled = std::mem::take(&mut self.enabled)
+            .into_iter()
+            .filter_map(|(id, on)| {
+                let name = &old_table.route_by_id(id)?.name;
+                table.find(name).map(|new_id| (new_id, on))
+            })
+            .collect();
+        self.table = table;
+        self.outputs.routes = Arc::new(stats);
+        self.last_values.clear();
+        self.adopt(&config);
+        self.config = config;
+        self.publish_view();
+        bump(&self.outputs.stats.reloads);
+        tracing::info!(?report, "config reloaded");
+        if report.socketcluster_reconnected || report.mqtt_restarted || report.osc_restarted {
+            self.publish_status();
+        }
+        report
+    }
+
+    /// Tells the other cables clients whether we send, after every connect.
+    fn announce(&self) {
+        if let Some(cables) = &self.cables {
+            self.outputs.sc.publish(cables.control_channel(), &cables.announcement());
+        }
+    }
+
+    /// Publishes the SocketCluster link state: retained on MQTT, 1/0 on OSC.
+    fn publish_status(&self) {
+        let state = self.link.borrow().clone();
+        let connected = state.is_connected();
+        let control = &self.config.control;
+        if let (Some(topic), Some(mqtt)) = (&control.status_topic, &self.outputs.mqtt) {
+            let body = match &state {
+                LinkState::Connected { socket_id, authenticated } => {
+                    serde_json::json!({"state": "connected", "socket_id": socket_id, "authenticated": authenticated})
+                }
+                LinkState::Connecting { attempt } => {
+                    serde_json::json!({"state": "connecting", "attempt": attempt})
+                }
+                LinkState::Disconnected { reason, code, .. } => {
+                    serde_json::json!({"state": "disconnected", "reason": reason, "code": code})
+                }
+                LinkState::Inactive => serde_json::json!({"state": "inactive"}),
+            };
+            let out = MqttOut {
+                topic: topic.clone(),
+                body: Body::Value(body),
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                format: PayloadFormat::Json,
+            };
+            if mqtt.send(out).is_err() {
+                tracing::debug!("the link status could not be queued for MQTT");
+            }
+        }
+        if let (Some((target, address)), Some(osc)) = (&control.osc_status, &self.outputs.osc) {
+            let out = OscOut {
+                target: *target,
+                address: address.clone(),
+                body: Body::Value(Value::from(u8::from(connected))),
+                options: Arc::new(OscOutOptions::default()),
+            };
+            if osc.send(out).is_err() {
+                tracing::debug!("the link status could not be queued for OSC");
+            }
+        }
+    }
+
+    fn take_socketcluster(&mut self, incoming: Incoming) {
+        let stats = &self.outputs.stats;
+        match incoming {
+            Incoming::Publish { channel, mut data } => {
+                if let Some(cables) = &mut self.cables {
+                    match cables.receive(&channel, data) {
+                        Received::Message(message) => return self.route(message),
+                        Received::OwnEcho => return bump(&stats.own_echoes),
+                        Received::OwnAnnouncement => return,
+                        Received::Control { from, allow_send, changed } => {
+                            bump(&stats.control_messages);
+                            if changed {
+                                let can_send = cables.can_send();
+                                if let Some(out) = &self.outputs.cables {
+                                    out.can_send.store(can_send, Ordering::Relaxed);
+                                }
+                                tracing::info!(%from, allow_send, can_send, "cables: sender arbitration changed");
+                            }
+                            return;
+                        }
+                        Received::Malformed(why) => {
+                            bump(&stats.malformed_envelopes);
+                            let count = crate::stats::get(&stats.malformed_envelopes);
+                            if worth_logging(count) {
+                                tracing::warn!(%channel, why, count, "skipped a malformed cables envelope");
+                            }
+                            return;
+                        }
+                        Received::NotCables(untouched) => data = untouched,
+                    }
+                }
+                if self.raw_channels.contains(&channel) {
+                    if self.outputs.echoes.is_echo(&channel, &data) {
+                        return bump(&stats.own_echoes);
+                    }
+                    return self.route(Message::value(SourceKind::ScChannel, channel, data));
+                }
+                if self.monitored.contains(&channel) {
+                    tracing::info!(%channel, %data, "publish");
+                } else {
+                    bump(&stats.unlisted_channels);
+                }
+            }
+            Incoming::Event { event, data } => {
+                if self.events.contains(&event) {
+                    self.route(Message::value(SourceKind::ScEvent, event, data));
+                } else {
+                    bump(&stats.unlisted_events);
+                    tracing::debug!(%event, "an event no route listens to");
+                }
+            }
+        }
+    }
+
+    /// A control message from OSC or MQTT, if this is one.
+    fn control_command(&self, message: &Message) -> Option<Result<Control, String>> {
+        let prefix = match message.source {
+            SourceKind::Osc => self.config.control.osc.as_deref(),
+            SourceKind::Mqtt => self.config.control.mqtt.as_deref(),
+            _ => None,
+        }?;
+        let command = message.name.strip_prefix(prefix)?.strip_prefix('/')?;
+        let value = match &message.body {
+            Body::Value(value) => value.clone(),
+            Body::Trigger => Value::Null,
+        };
+        Some(parse_control(command, &value))
+    }
+
+    fn route(&mut self, message: Message) {
+        if let Some(command) = self.control_command(&message) {
+            match command {
+                Ok(control) => {
+                    bump(&self.outputs.stats.control_commands);
+                    self.apply_now(control);
+                }
+                Err(why) => {
+                    bump(&self.outputs.stats.bad_control_commands);
+                    tracing::warn!(name = %message.name, why, "ignored a control message");
+                }
+            }
+            return;
+        }
+        let stats = &self.outputs.stats;
+        bump(&stats.messages);
+        self.out.clear();
+        self.skipped.clear();
+        let table = &self.table;
+        let enabled = &self.enabled;
+        table.route(
+            &message,
+            |id| enabled.get(&id).copied().unwrap_or_else(|| table.routes()[id.0].enabled),
+            &mut self.out,
+            &mut self.skipped,
+        );
+        if self.out.is_empty() && self.skipped.is_empty() {
+            bump(&stats.unrouted);
+            let count = crate::stats::get(&stats.unrouted);
+            if worth_logging(count) {
+                tracing::debug!(source = message.source.key(), name = %message.name, count, "no route for a message");
+            }
+            return;
+        }
+        if self.recent.capacity() > 0 {
+            self.remember(&message);
+        }
+        let mut counted = None;
+        for (id, skip) in self.skipped.drain(..) {
+            let route_stats = &self.outputs.routes[id.0];
+            if counted != Some(id) {
+                bump(&route_stats.matched);
+                counted = Some(id);
+            }
+            bump(match skip {
+                Skip::Disabled => &route_stats.disabled,
+                Skip::Loop => &route_stats.loops,
+                Skip::BadName => &route_stats.bad_names,
+            });
+        }
+        for out in self.out.drain(..) {
+            let route_index = out.route.0;
+            let route = &table.routes()[route_index];
+            if counted != Some(out.route) {
+                bump(&self.outputs.routes[out.route.0].matched);
+                counted = Some(out.route);
+            }
+            // Remembered only when something can ask for a resend: it costs
+            // a copy of every output.
+            if self.resend_enabled && !route.carries_triggers() {
+                let key = (out.route.0, out.destination, out.name.clone());
+                if self.last_values.len() < RESEND_MEMORY || self.last_values.contains_key(&key) {
+                    self.last_values.insert(key, out.clone());
+                } else {
+                    bump(&stats.resend_memory_full);
+                }
+            }
+            if let Some(interval) = route.min_interval {
+                let now = tokio::time::Instant::now();
+                match self.coalescer.offer(out, interval, now) {
+                    Offer::SendNow(out) => self.outputs.send(out),
+                    Offer::Waiting => {}
+                    Offer::Replaced => bump(&self.outputs.routes[route_index].coalesced),
+                }
+            } else if route.delay.is_zero() {
+                self.outputs.send(out);
+            } else {
+                let outputs = self.outputs.clone();
+                let delay = route.delay;
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    outputs.send(out);
+                });
+            }
+        }
+    }
+
+    /// Adds a routed message to `/recent`, before its outputs go.
+    fn remember(&self, message: &Message) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let outputs: Vec<Value> = self
+            .out
+            .iter()
+            .map(
+                |o| serde_json::json!({"route": self.table.routes()[o.route.0].name, "to": o.name}),
+            )
+            .collect();
+        let value = match &message.body {
+            Body::Value(value) => value.clone(),
+            Body::Trigger => Value::String("(trigger)".into()),
+        };
+        self.recent.push(serde_json::json!({
+            "time_ms": now,
+            "source": message.source.key(),
+            "name": message.name,
+            "value": value,
+            "outputs": outputs,
+            "skipped": self.skipped.len(),
+        }));
+    }
+
+    /// Carries out a control command (a reload excepted). The SocketCluster
+    /// ones are handed to the link without waiting here.
+    fn apply_now(&mut self, control: Control) {
+        match control {
+            Control::SetActive(active) => {
+                tracing::info!(active, "control: SocketCluster link active");
+                let sc = self.outputs.sc.clone();
+                tokio::spawn(async move { sc.set_active(active).await });
+            }
+            Control::Reset => {
+                tracing::info!("control: SocketCluster link reset");
+                let sc = self.outputs.sc.clone();
+                tokio::spawn(async move { sc.reset().await });
+            }
+            Control::SetRouteEnabled { name, enabled } => match self.table.find(&name) {
+                Some(id) => {
+                    tracing::info!(route = %name, enabled, "control: route switched");
+                    self.enabled.insert(id, enabled);
+                    self.publish_view();
+                }
+                None => {
+                    bump(&self.outputs.stats.bad_control_commands);
+                    tracing::warn!(route = %name, "control: no route by that name");
+                }
+            },
+            Control::Resend => {
+                tracing::info!(
+                    values = self.last_values.len(),
+                    "control: sending every state route's last value again"
+                );
+                for out in self.last_values.values() {
+                    self.outputs.send(out.clone());
+                }
+            }
+            Control::Reload(..) => tracing::warn!("a reload can only come from the service"),
+        }
+    }
+}
+
+async fn sleep_until_or_never(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
