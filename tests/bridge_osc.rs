@@ -28,6 +28,15 @@ async fn start_bridge(server: &ScServer, td: &OscReceiver, toml: &str) -> Runnin
     running
 }
 
+/// A real server, a TouchDesigner receiver, and the bridge on [`BASE`] plus
+/// `routes`, connected.
+async fn bridge_with(routes: &str) -> (ScServer, OscReceiver, Running) {
+    let server = ScServer::start(ScServerOptions::new()).await;
+    let td = OscReceiver::bind().await;
+    let running = start_bridge(&server, &td, &format!("{BASE}{routes}")).await;
+    (server, td, running)
+}
+
 /// Waits until the server saw `count` subscribes in all (the bridge's own).
 async fn subscribed(server: &ScServer, count: usize) {
     wait_until(|| server.count_lines("SUBSCRIBE ") >= count, WAIT, "the bridge's subscriptions")
@@ -59,10 +68,7 @@ td = "{TD}"
 /// message with no arguments.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cables_object_and_a_named_trigger_reach_touchdesigner() {
-    let server = ScServer::start(ScServerOptions::new()).await;
-    let td = OscReceiver::bind().await;
-    let config = format!(
-        "{BASE}{}",
+    let (server, td, running) = bridge_with(
         r#"
 [[route]]
 name = "sensors"
@@ -73,9 +79,9 @@ to = [{ osc = "/td/sensors/*" }]
 name = "bang"
 from = { cables_trigger = "bang" }
 to = [{ osc = "/td/bang" }]
-"#
-    );
-    let running = start_bridge(&server, &td, &config).await;
+"#,
+    )
+    .await;
     subscribed(&server, 3).await;
 
     let envelope = r#"{"topic":"sensors/temp","clientId":"js-1","payload":{"v":0.5,"on":true}}"#;
@@ -107,10 +113,7 @@ to = [{ osc = "/td/bang" }]
 /// extra server data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn osc_messages_and_bundles_reach_a_cables_client_as_envelopes() {
-    let server = ScServer::start(ScServerOptions::new()).await;
-    let td = OscReceiver::bind().await;
-    let config = format!(
-        "{BASE}{}",
+    let (server, _td, running) = bridge_with(
         r#"
 [[route]]
 name = "faders"
@@ -121,9 +124,9 @@ to = [{ cables_object = "faders/{1}" }]
 name = "go"
 from = { osc = "/td/go" }
 to = [{ cables_trigger = "go" }]
-"#
-    );
-    let running = start_bridge(&server, &td, &config).await;
+"#,
+    )
+    .await;
     let cables = JsClient::subscribe(server.port(), &["show/objects", "show/triggers"], &[]).await;
 
     send_osc(osc_port(&running), "/td/fader/1", vec![OscType::Float(0.25)]).await;
@@ -263,10 +266,7 @@ to = [{ cables_object = "value" }]
 /// skipped; the good message after them still arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_osc_packets_and_bad_envelopes_are_counted_and_good_traffic_flows() {
-    let server = ScServer::start(ScServerOptions::new()).await;
-    let td = OscReceiver::bind().await;
-    let config = format!(
-        "{BASE}{}",
+    let (server, td, running) = bridge_with(
         r#"
 [[route]]
 name = "objects"
@@ -277,9 +277,9 @@ to = [{ osc = "/td/{1}" }]
 name = "osc"
 from = { osc = "/x" }
 to = [{ cables_object = "from-osc" }]
-"#
-    );
-    let running = start_bridge(&server, &td, &config).await;
+"#,
+    )
+    .await;
     subscribed(&server, 3).await;
     let osc = running.osc().expect("osc");
 
@@ -310,10 +310,7 @@ to = [{ cables_object = "from-osc" }]
 /// A to B and B to A moves a message exactly once each way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_and_a_two_way_pair_move_each_message_once() {
-    let server = ScServer::start(ScServerOptions::new()).await;
-    let td = OscReceiver::bind().await;
-    let config = format!(
-        "{BASE}{}",
+    let (server, td, running) = bridge_with(
         r#"
 [[route]]
 name = "to td"
@@ -324,9 +321,9 @@ to = [{ osc = "/mix/*" }, { osc = "/mirror/*", numbers = "int32" }]
 name = "from td"
 from = { osc = "/mix/*" }
 to = [{ cables_object = "mix/*" }]
-"#
-    );
-    let running = start_bridge(&server, &td, &config).await;
+"#,
+    )
+    .await;
     subscribed(&server, 3).await;
     let cables = JsClient::subscribe(server.port(), &["show/objects"], &[]).await;
 
@@ -358,10 +355,7 @@ to = [{ cables_object = "mix/*" }]
 /// and a route can emit a named event to the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_channels_and_server_events_route_both_ways() {
-    let server = ScServer::start(ScServerOptions::new()).await;
-    let td = OscReceiver::bind().await;
-    let config = format!(
-        "{BASE}{}",
+    let (server, td, running) = bridge_with(
         r#"
 [[route]]
 name = "raw in"
@@ -377,9 +371,9 @@ to = [{ osc = "/cue" }]
 name = "event out"
 from = { osc = "/note" }
 to = [{ sc_event = "note" }, { sc_channel = "notes" }]
-"#
-    );
-    let running = start_bridge(&server, &td, &config).await;
+"#,
+    )
+    .await;
     subscribed(&server, 4).await;
     let socket_id = server.socket_ids().await.pop().expect("the bridge's socket");
 
@@ -408,19 +402,16 @@ to = [{ sc_event = "note" }, { sc_channel = "notes" }]
 /// replaced, and the latest value always arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_route_coalesces_and_always_delivers_the_latest_value() {
-    let server = ScServer::start(ScServerOptions::new()).await;
-    let td = OscReceiver::bind().await;
-    let config = format!(
-        "{BASE}{}",
+    let (server, _td, running) = bridge_with(
         r#"
 [[route]]
 name = "fader"
 from = { osc = "/fader" }
 to = [{ sc_channel = "fader" }]
 max_rate = 20
-"#
-    );
-    let running = start_bridge(&server, &td, &config).await;
+"#,
+    )
+    .await;
     let socket_id = server.socket_ids().await.pop().expect("the bridge's socket");
     for n in 0..50 {
         send_osc(osc_port(&running), "/fader", vec![OscType::Int(n)]).await;
