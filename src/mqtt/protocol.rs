@@ -269,6 +269,16 @@ pub(crate) struct Setup {
     pub hard_packet_limit: usize,
 }
 
+/// rumqttc leaves Nagle's algorithm on, so a publish that follows another
+/// within a round trip waits in the kernel for the broker's ACK (up to a
+/// delayed-ACK timeout). A bridge feeding live control data wants every
+/// message on the wire at once.
+fn network_options() -> rumqttc::NetworkOptions {
+    let mut options = rumqttc::NetworkOptions::new();
+    options.set_tcp_nodelay(true);
+    options
+}
+
 /// Builds the client and its event loop; nothing connects until the event
 /// loop is polled.
 pub(crate) fn build(config: &MqttConfig, setup: Setup) -> (Client, Connection) {
@@ -299,7 +309,8 @@ pub(crate) fn build(config: &MqttConfig, setup: Setup) -> (Client, Connection) {
             if let Some(transport) = transport {
                 options.set_transport(transport);
             }
-            let (client, eventloop) = rumqttc::AsyncClient::new(options, setup.capacity);
+            let (client, mut eventloop) = rumqttc::AsyncClient::new(options, setup.capacity);
+            eventloop.set_network_options(network_options());
             (Client::V311(client), Connection::V311(Box::new(eventloop)))
         }
         MqttProtocol::V5 => {
@@ -327,6 +338,7 @@ pub(crate) fn build(config: &MqttConfig, setup: Setup) -> (Client, Connection) {
             if let Some(transport) = transport {
                 options.set_transport(transport);
             }
+            options.set_network_options(network_options());
             let (client, eventloop) = v5::AsyncClient::new(options, setup.capacity);
             (Client::V5(client), Connection::V5(Box::new(eventloop)))
         }
