@@ -13,6 +13,7 @@
 pub mod config;
 pub mod mapping;
 mod packet;
+mod send;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::message::{Body, Message, SourceKind};
 use crate::stats::{bump, worth_logging};
+use send::Batch;
 
 pub use config::{OscConfig, OscTarget, RawOsc, RawOscTarget};
 pub use mapping::{
@@ -386,6 +388,9 @@ impl Listener {
     }
 }
 
+/// Messages taken from the send queue in one turn, at most.
+const SEND_TURN: usize = 256;
+
 /// The send socket's task.
 struct Sender {
     socket: UdpSocket,
@@ -395,21 +400,46 @@ struct Sender {
 }
 
 impl Sender {
+    /// Takes whatever is queued (up to [`SEND_TURN`]), encodes it and sends
+    /// it as one batch: a burst costs a few system calls, a lone message
+    /// goes out at once.
     async fn run(mut self, shutdown: CancellationToken) {
+        let mut turn = Vec::with_capacity(SEND_TURN);
+        let mut batch = Batch::default();
         loop {
-            let out = tokio::select! {
+            let taken = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
-                out = self.outgoing.recv() => match out {
-                    Some(out) => out,
-                    None => return,
-                },
+                taken = self.outgoing.recv_many(&mut turn, SEND_TURN) => taken,
             };
-            self.send(out).await;
+            if taken == 0 {
+                return;
+            }
+            for out in turn.drain(..) {
+                self.encode(out, &mut batch);
+            }
+            let (targets, stats) = (&self.targets, &self.stats);
+            batch
+                .send(&self.socket, |datagram, result| match result {
+                    Ok(()) => bump(&stats.messages_out),
+                    Err(err) => {
+                        let count = count(&stats.send_errors);
+                        if worth_logging(count) {
+                            let name = targets.get(datagram.target).map_or("?", |t| &t.name);
+                            tracing::warn!(
+                                osc_target = %name, address = %datagram.to, %err, count,
+                                "OSC send failed"
+                            );
+                        }
+                    }
+                })
+                .await;
         }
     }
 
-    async fn send(&self, out: OscOut) {
+    /// Maps one message to OSC and adds its datagrams to `batch`; what
+    /// cannot be mapped or encoded is counted and dropped.
+    fn encode(&self, out: OscOut, batch: &mut Batch) {
         let Some(target) = self.targets.get(out.target) else {
             let count = count(&self.stats.map_errors);
             if worth_logging(count) {
@@ -434,31 +464,7 @@ impl Sender {
             }
         };
         for message in messages {
-            let bytes = match rosc::encoder::encode(&OscPacket::Message(message)) {
-                Ok(bytes) => bytes,
-                Err(err) => {
-                    let count = count(&self.stats.map_errors);
-                    if worth_logging(count) {
-                        tracing::warn!(
-                            osc_target = %target.name, %err, count,
-                            "cannot encode OSC; message dropped"
-                        );
-                    }
-                    continue;
-                }
-            };
-            match self.socket.send_to(&bytes, target.address).await {
-                Ok(_) => bump(&self.stats.messages_out),
-                Err(err) => {
-                    let count = count(&self.stats.send_errors);
-                    if worth_logging(count) {
-                        tracing::warn!(
-                            osc_target = %target.name, address = %target.address, %err, count,
-                            "OSC send failed"
-                        );
-                    }
-                }
-            }
+            batch.push(&OscPacket::Message(message), target.address, out.target);
         }
     }
 }
