@@ -33,9 +33,16 @@
 //!   subscriber have each received a warm-up publish; then the idle RSS;
 //! - `burst`: `--burst` messages as fast as the generator can send them;
 //! - `paced_1k`, `paced_10k`: 1,000 and 10,000 messages/s, by due times;
-//! - `reverse`: OSC datagrams `/rev/aN [seq i, t h, 0.5 f]` to the bridge's
-//!   listen port, `--reverse-addresses` addresses at `--reverse-hz` each,
-//!   received by the plain subscriber as cables envelopes `rev/aN`.
+//! - `reverse_osc`: OSC datagrams `/rev/aN [seq i, t h, 0.5 f]` to the
+//!   bridge's listen port, `--reverse-addresses` addresses at `--reverse-hz`
+//!   each, received by the plain subscriber as cables envelopes `rev/aN`;
+//! - `reverse_mqtt`: the same load as MQTT publishes `[seq, t, 0.5]` on
+//!   `benchrev/aN` through Mosquitto, received as `rev/maN`.
+//!
+//! The reverse phases spread their messages evenly over time (one due time
+//! each), so a latency is the path's and not a queue's behind a frame;
+//! `--reverse-frames` sends each frame's addresses back to back instead, as
+//! TouchDesigner does with a CHOP's channels.
 //!
 //! Each phase ends when every receiver has everything, or when nothing has
 //! arrived for 1 s (bounded at 30 s).
@@ -54,7 +61,10 @@
 //!   includes the server's queue; the differences to plain still isolate
 //!   the bridge.
 //! - `added_p50_us`/`added_p99_us`: the bridge's percentile minus the plain
-//!   subscriber's for the same messages: what the extra hop costs.
+//!   subscriber's for the same messages: what the extra hop costs. For the
+//!   reverse phases the reference is the plain subscriber of the paced
+//!   phase at the same rate in the same run (1,000/s by default): the same
+//!   publish-to-delivery path through the server, without the bridge.
 //! - `bridge_cpu_us_per_msg`: scbridge's user+system CPU over the phase
 //!   (from `/proc/<pid>/stat`, in clock ticks of `getconf CLK_TCK`, 100 if
 //!   that fails) divided by the messages sent into it; each load message
@@ -147,11 +157,16 @@ struct Cli {
     /// Seconds of the reverse phase (default 5, or 1 with --quick).
     #[arg(long)]
     reverse_secs: Option<f64>,
-    /// Coalesce the reverse route to at most this many messages per second
+    /// Coalesce the reverse routes to at most this many messages per second
     /// per address (`max_rate`); "lost" then counts the values replaced by
     /// newer ones, by design.
     #[arg(long)]
     reverse_max_rate: Option<f64>,
+    /// Send each reverse frame's addresses back to back, as TouchDesigner
+    /// sends a CHOP's channels once per frame, instead of spreading every
+    /// message evenly over time.
+    #[arg(long)]
+    reverse_frames: bool,
     /// Small numbers, one run: a smoke test of the whole setup.
     #[arg(long)]
     quick: bool,
@@ -178,6 +193,7 @@ struct Settings {
     reverse_hz: u32,
     reverse_secs: f64,
     reverse_max_rate: Option<f64>,
+    reverse_frames: bool,
     soak: Option<u64>,
     scbridge: PathBuf,
     root: PathBuf,
@@ -217,6 +233,7 @@ impl Settings {
             reverse_hz: cli.reverse_hz,
             reverse_secs: cli.reverse_secs.unwrap_or(if quick { 1.0 } else { 5.0 }),
             reverse_max_rate: cli.reverse_max_rate,
+            reverse_frames: cli.reverse_frames,
             soak: cli.soak,
             scbridge,
             root: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
@@ -313,6 +330,7 @@ fn settings_json(settings: &Settings) -> Value {
             "max_rate": settings.reverse_max_rate,
             "secs": settings.reverse_secs,
             "rate": f64::from(settings.reverse_addresses) * f64::from(settings.reverse_hz),
+            "frames": settings.reverse_frames,
         },
         "soak_secs": settings.soak,
         "clk_tck": settings.clk_tck,
@@ -362,6 +380,9 @@ struct Rig {
     bridge: Bridge,
     _osc_receiver: OscReceiver,
     mqtt_receiver: tokio::task::JoinHandle<()>,
+    /// Publishes the MQTT reverse phase's messages.
+    mqtt_sender: AsyncClient,
+    mqtt_sender_loop: tokio::task::JoinHandle<()>,
     plain_receiver: tokio::task::JoinHandle<()>,
     plain: ScClient,
     generator: ScClient,
@@ -375,6 +396,7 @@ struct Rig {
 impl Drop for Rig {
     fn drop(&mut self) {
         self.mqtt_receiver.abort();
+        self.mqtt_sender_loop.abort();
         self.plain_receiver.abort();
     }
 }
@@ -398,6 +420,7 @@ async fn run_once(settings: &Settings, index: usize) -> Result<(Figures, Value)>
     )
     .await?;
     let mqtt_receiver = mqtt_receiver(broker.port, sinks.mqtt.clone());
+    let (mqtt_sender, mqtt_sender_loop) = mqtt_sender(broker.port);
     let (plain, plain_receiver) = plain_receiver(server.port, &sinks);
     let generator = sc_client(server.port, 200_000).0;
     let mut rig = Rig {
@@ -406,6 +429,8 @@ async fn run_once(settings: &Settings, index: usize) -> Result<(Figures, Value)>
         bridge,
         _osc_receiver: osc_receiver,
         mqtt_receiver,
+        mqtt_sender,
+        mqtt_sender_loop,
         plain_receiver,
         plain,
         generator,
@@ -447,8 +472,9 @@ async fn measure(settings: &Settings, rig: &mut Rig) -> Result<(Figures, Value)>
             let load = Load { name, count, rate: Some(rate) };
             load_phase(settings, rig, &load, &mut figures).await?;
         }
-        reverse_phase(settings, rig, &mut figures).await?;
-        headline(&mut figures);
+        reverse_phase(settings, rig, ReverseSource::Osc, &mut figures).await?;
+        reverse_phase(settings, rig, ReverseSource::Mqtt, &mut figures).await?;
+        headline(settings, &mut figures);
     }
 
     put(&mut figures, "host.loadavg_1m_at_end", load_average());
@@ -476,8 +502,27 @@ fn counter(counter: &AtomicU64) -> f64 {
 }
 
 /// The ratios and differences the summary leads with.
-fn headline(figures: &mut Figures) {
+fn headline(settings: &Settings, figures: &mut Figures) {
     let get = |f: &Figures, key: &str| f.get(key).copied().unwrap_or(f64::NAN);
+    // The reverse phases' reference is the plain subscriber of the paced
+    // phase at the same rate in this run: the same server path (a publish
+    // in, a delivery out) without the bridge's hop.
+    let reverse_rate = f64::from(settings.reverse_addresses) * f64::from(settings.reverse_hz);
+    let reference = settings
+        .paced
+        .iter()
+        .find(|(_, rate, _)| *rate == reverse_rate)
+        .filter(|_| !settings.reverse_frames)
+        .map(|(name, _, _)| *name);
+    if let Some(reference) = reference {
+        for phase in ["reverse_osc", "reverse_mqtt"] {
+            for p in ["p50", "p99"] {
+                let added = get(figures, &format!("{phase}.{p}_us"))
+                    - get(figures, &format!("{reference}.plain.{p}_us"));
+                put(figures, format!("{phase}.added_{p}_us"), added);
+            }
+        }
+    }
     for output in ["osc", "mqtt"] {
         let ratio = get(figures, &format!("burst.{output}.rate_msg_s"))
             / get(figures, "burst.plain.rate_msg_s");
@@ -654,42 +699,85 @@ async fn drain(sinks: &[&Sink], expected: u64) {
     }
 }
 
-/// OSC into the bridge, cables envelopes out to the plain subscriber.
-async fn reverse_phase(settings: &Settings, rig: &mut Rig, figures: &mut Figures) -> Result<()> {
-    let addresses = settings.reverse_addresses;
-    let hz = settings.reverse_hz;
-    let frames = (f64::from(hz) * settings.reverse_secs).round().max(1.0) as u64;
-    let count = frames * u64::from(addresses);
-    eprintln!("scbridge-bench:   reverse ({count} messages: {addresses} addresses at {hz} Hz)");
+/// Where a reverse phase feeds the bridge.
+#[derive(Debug, Clone, Copy)]
+enum ReverseSource {
+    /// OSC datagrams `/rev/aN [seq i, t h, 0.5 f]` to its listen port.
+    Osc,
+    /// MQTT publishes `[seq, t, 0.5]` (JSON) on `benchrev/aN`, QoS 0.
+    Mqtt,
+}
+
+impl ReverseSource {
+    fn phase(self) -> &'static str {
+        match self {
+            ReverseSource::Osc => "reverse_osc",
+            ReverseSource::Mqtt => "reverse_mqtt",
+        }
+    }
+}
+
+/// OSC or MQTT into the bridge, cables envelopes `rev/*` out to the plain
+/// subscriber. Message `k` goes to address `k mod addresses`; by default
+/// every message has its own due time (`addresses × hz` per second, evenly),
+/// with `--reverse-frames` each frame's addresses go back to back.
+async fn reverse_phase(
+    settings: &Settings,
+    rig: &mut Rig,
+    source: ReverseSource,
+    figures: &mut Figures,
+) -> Result<()> {
+    let phase = source.phase();
+    let addresses = u64::from(settings.reverse_addresses);
+    let hz = f64::from(settings.reverse_hz);
+    let frames = (hz * settings.reverse_secs).round().max(1.0) as u64;
+    let count = frames * addresses;
+    let rate = hz * addresses as f64;
+    eprintln!(
+        "scbridge-bench:   {phase} ({count} messages: {addresses} addresses at {hz} Hz{})",
+        if settings.reverse_frames { ", frame by frame" } else { "" }
+    );
     let lo = rig.seq;
     let hi = lo + count;
     rig.seq = hi;
     rig.sinks.reverse.begin(lo, hi);
-    let names: Vec<String> = (0..addresses).map(|n| format!("/rev/a{n}")).collect();
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
     let target = rig.bridge.osc_listen;
     let cpu_before = rig.bridge.cpu_ticks()?;
     let drops_before = udp_drops(target.port());
     let start = Instant::now();
     let start_us = now_us();
-    let mut seq = lo;
-    for frame in 0..frames {
-        let due = start + Duration::from_secs_f64(frame as f64 / f64::from(hz));
+    for k in 0..count {
+        let due = if settings.reverse_frames {
+            start + Duration::from_secs_f64((k / addresses) as f64 / hz)
+        } else {
+            start + Duration::from_secs_f64(k as f64 / rate)
+        };
         if due > Instant::now() {
             sleep_until(due).await;
         }
-        for name in &names {
-            let message = OscMessage {
-                addr: name.clone(),
-                args: vec![
-                    OscType::Int(i32::try_from(seq).context("sequence beyond OSC int")?),
-                    OscType::Long(now_us()),
-                    OscType::Float(0.5),
-                ],
-            };
-            let bytes = rosc::encoder::encode(&OscPacket::Message(message))?;
-            socket.send_to(&bytes, target).await?;
-            seq += 1;
+        let seq = lo + k;
+        let address = k % addresses;
+        match source {
+            ReverseSource::Osc => {
+                let message = OscMessage {
+                    addr: format!("/rev/a{address}"),
+                    args: vec![
+                        OscType::Int(i32::try_from(seq).context("sequence beyond OSC int")?),
+                        OscType::Long(now_us()),
+                        OscType::Float(0.5),
+                    ],
+                };
+                let bytes = rosc::encoder::encode(&OscPacket::Message(message))?;
+                socket.send_to(&bytes, target).await?;
+            }
+            ReverseSource::Mqtt => {
+                let payload = json!([seq, now_us(), 0.5]).to_string();
+                rig.mqtt_sender
+                    .publish(format!("benchrev/a{address}"), QoS::AtMostOnce, false, payload)
+                    .await
+                    .context("queue an MQTT publish")?;
+            }
         }
     }
     drain(&[rig.sinks.reverse.as_ref()], count).await;
@@ -697,10 +785,17 @@ async fn reverse_phase(settings: &Settings, rig: &mut Rig, figures: &mut Figures
     let drops_after = udp_drops(target.port());
     rig.bridge.check_alive()?;
     let mut tally = rig.sinks.reverse.take();
-    put(figures, "reverse.sent", count as f64);
-    output_figures(figures, "reverse", &mut tally, count, start_us);
-    cpu_figures(figures, "reverse", settings, cpu_after - cpu_before, count);
-    put(figures, "reverse.bridge_socket_drops", drops_after.saturating_sub(drops_before) as f64);
+    put(figures, format!("{phase}.sent"), count as f64);
+    put(figures, format!("{phase}.offered_msg_s"), rate);
+    output_figures(figures, phase, &mut tally, count, start_us);
+    cpu_figures(figures, phase, settings, cpu_after - cpu_before, count);
+    if let ReverseSource::Osc = source {
+        put(
+            figures,
+            format!("{phase}.bridge_socket_drops"),
+            drops_after.saturating_sub(drops_before) as f64,
+        );
+    }
     Ok(())
 }
 
@@ -941,6 +1036,27 @@ fn mqtt_receiver(port: u16, sink: Arc<Sink>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+/// The MQTT 3.1.1 client that feeds the MQTT reverse phase; its event
+/// loop runs until the rig is dropped.
+fn mqtt_sender(port: u16) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+    let mut options =
+        MqttOptions::new(format!("scbridge-bench-tx-{}", std::process::id()), "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_session(true);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    let (client, mut eventloop) = AsyncClient::new(options, 1 << 16);
+    eventloop.set_network_options(network);
+    let task = tokio::spawn(async move {
+        loop {
+            if eventloop.poll().await.is_err() {
+                sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    (client, task)
 }
 
 /// A SocketCluster client for the bench server; `queue_size` bounds its
@@ -1269,6 +1385,11 @@ to = [{{ osc = "/load/*", objects = "json" }}, {{ mqtt = "bench/load/+" }}]
 name = "reverse"
 from = {{ osc = "/rev/*" }}
 to = [{{ cables_object = "rev/{{1}}" }}]
+{coalesce}
+[[route]]
+name = "reverse_mqtt"
+from = {{ mqtt = "benchrev/+" }}
+to = [{{ cables_object = "rev/m{{1}}" }}]
 {coalesce}"#
     )
 }
@@ -1492,12 +1613,13 @@ fn print_table(settings: &Settings, runs: &[Figures], median: &Figures) {
                 .map(|(_, rate, secs)| format!("{rate}/s for {secs} s"))
                 .collect();
             out.push_str(&format!(
-                "burst {}; paced {}; reverse {} addresses at {} Hz for {} s\n",
+                "burst {}; paced {}; reverse {} addresses at {} Hz for {} s{}\n",
                 settings.burst,
                 paced.join(", "),
                 settings.reverse_addresses,
                 settings.reverse_hz,
-                settings.reverse_secs
+                settings.reverse_secs,
+                if settings.reverse_frames { ", frame by frame" } else { ", evenly paced" },
             ));
         }
     }
@@ -1533,7 +1655,8 @@ fn print_table(settings: &Settings, runs: &[Figures], median: &Figures) {
         }
     }
     if settings.soak.is_none() {
-        row("reverse", "osc→sc", "reverse", "reverse.sent");
+        row("reverse", "osc→sc", "reverse_osc", "reverse_osc.sent");
+        row("reverse", "mqtt→sc", "reverse_mqtt", "reverse_mqtt.sent");
     }
 
     let mut lines: Vec<(String, String)> = Vec::new();
@@ -1573,9 +1696,24 @@ fn print_table(settings: &Settings, runs: &[Figures], median: &Figures) {
                 2,
             );
         }
-        add("reverse: scbridge CPU µs per msg", "reverse.bridge_cpu_us_per_msg", 1);
-        add("reverse OSC→SC: p99 µs", "reverse.p99_us", 0);
-        add("reverse OSC→SC: lost", "reverse.lost", 0);
+        for (phase, label) in
+            [("reverse_osc", "reverse OSC→SC"), ("reverse_mqtt", "reverse MQTT→SC")]
+        {
+            add(&format!("{label}: p50 µs"), &format!("{phase}.p50_us"), 0);
+            add(&format!("{label}: p99 µs"), &format!("{phase}.p99_us"), 0);
+            add(
+                &format!("{label}: added p50 µs (vs plain at the same rate)"),
+                &format!("{phase}.added_p50_us"),
+                0,
+            );
+            add(&format!("{label}: added p99 µs"), &format!("{phase}.added_p99_us"), 0);
+            add(&format!("{label}: lost"), &format!("{phase}.lost"), 0);
+            add(
+                &format!("{label}: scbridge CPU µs per msg"),
+                &format!("{phase}.bridge_cpu_us_per_msg"),
+                1,
+            );
+        }
         for phase in &phases {
             add(
                 &format!("{phase}: drops at this bench's OSC socket"),
@@ -1583,7 +1721,11 @@ fn print_table(settings: &Settings, runs: &[Figures], median: &Figures) {
                 0,
             );
         }
-        add("reverse: drops at scbridge's OSC listen socket", "reverse.bridge_socket_drops", 0);
+        add(
+            "reverse OSC→SC: drops at scbridge's OSC listen socket",
+            "reverse_osc.bridge_socket_drops",
+            0,
+        );
     } else {
         add("soak: scbridge CPU µs per forwarded msg", "soak.bridge_cpu_us_per_msg", 1);
         add("soak: RSS at the reference sample KiB", "soak.rss_reference_kib", 0);
