@@ -6,7 +6,7 @@
 //! of packets); every element of a batch is decoded on its own so that one bad
 //! element does not spoil the others.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 /// The protocol version spoken on the link. It decides the ping/pong tokens
@@ -128,45 +128,40 @@ pub fn decode(text: &str) -> Frame {
     }
 }
 
-/// The fields any packet may have. Unknown fields are ignored, as the
-/// server ignores them too.
-#[derive(Deserialize)]
-struct RawPacket {
-    event: Option<Value>,
-    #[serde(default, deserialize_with = "present")]
-    data: Option<Value>,
-    cid: Option<Value>,
-    rid: Option<Value>,
-    error: Option<Value>,
-}
-
-/// Keeps a present `null` as `Some(Value::Null)`, so that "no data key" and
-/// "data: null" stay distinct, as they are on the wire.
-fn present<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(de).map(Some)
-}
-
+/// Reads a packet's fields straight out of its JSON object (no copy).
+/// Unknown fields are ignored, as the server ignores them too; a present
+/// `data: null` stays `Some(Value::Null)`, distinct from no `data` key, as
+/// it is on the wire.
 fn packet_from_value(value: Value) -> Result<Packet, DecodeError> {
-    if !value.is_object() {
+    let Value::Object(mut fields) = value else {
         return Err(DecodeError::NotAPacket(truncated(&value)));
+    };
+    let event = fields.remove("event");
+    let data = fields.remove("data");
+    match event {
+        Some(Value::String(event)) => {
+            // A cid that is not a non-negative integer makes the packet a
+            // transmit, exactly as the server treats it.
+            let cid = fields.get("cid").and_then(Value::as_u64);
+            return Ok(Packet::Event { event, data, cid });
+        }
+        // Not an event; kept so an error shows the packet whole.
+        Some(other) => {
+            fields.insert("event".into(), other);
+        }
+        None => {}
     }
-    let shown = || truncated(&value);
-    let raw: RawPacket =
-        serde_json::from_value(value.clone()).map_err(|_| DecodeError::NotAPacket(shown()))?;
-    if let Some(Value::String(event)) = raw.event {
-        // A cid that is not a non-negative integer makes the packet a transmit,
-        // exactly as the server treats it.
-        let cid = raw.cid.as_ref().and_then(Value::as_u64);
-        return Ok(Packet::Event { event, data: raw.data, cid });
-    }
-    if let Some(rid) = raw.rid.as_ref().and_then(Value::as_u64) {
-        let result = match raw.error {
+    if let Some(rid) = fields.get("rid").and_then(Value::as_u64) {
+        let result = match fields.remove("error") {
             Some(error) => Err(RemoteError::from_value(error)),
-            None => Ok(raw.data),
+            None => Ok(data),
         };
         return Ok(Packet::Response { rid, result });
     }
-    Err(DecodeError::NotAPacket(shown()))
+    if let Some(data) = data {
+        fields.insert("data".into(), data);
+    }
+    Err(DecodeError::NotAPacket(truncated(&Value::Object(fields))))
 }
 
 fn truncated(value: &Value) -> String {
@@ -338,6 +333,17 @@ mod tests {
         assert!(packets[0].is_ok());
         assert!(matches!(packets[1], Err(DecodeError::NotAPacket(_))));
         assert!(packets[2].is_ok());
+    }
+
+    #[test]
+    fn a_packet_that_is_neither_is_shown_whole_in_its_error() {
+        let Frame::Packets(packets) = decode(r#"{"event":42,"data":{"a":1},"x":true}"#) else {
+            panic!()
+        };
+        assert_eq!(
+            packets,
+            vec![Err(DecodeError::NotAPacket(r#"{"data":{"a":1},"event":42,"x":true}"#.into()))]
+        );
     }
 
     #[test]
