@@ -65,6 +65,12 @@
 //!   reverse phases the reference is the plain subscriber of the paced
 //!   phase at the same rate in the same run (1,000/s by default): the same
 //!   publish-to-delivery path through the server, without the bridge.
+//! - `broker` (paced phases): every message is also published by this
+//!   process straight to Mosquitto on `benchref/x` and received by the same
+//!   MQTT subscriber: the broker's own hop, which the MQTT output pays and
+//!   the plain subscriber does not. `mqtt_added_beyond_broker_*` is the
+//!   MQTT added latency minus that hop: the bridge's share, approximately
+//!   (percentiles do not subtract exactly).
 //! - `bridge_cpu_us_per_msg`: scbridge's user+system CPU over the phase
 //!   (from `/proc/<pid>/stat`, in clock ticks of `getconf CLK_TCK`, 100 if
 //!   that fails) divided by the messages sent into it; each load message
@@ -355,6 +361,9 @@ struct Sinks {
     mqtt: Arc<Sink>,
     plain: Arc<Sink>,
     reverse: Arc<Sink>,
+    /// The broker alone: the paced phases' reference publishes, straight
+    /// from this process through Mosquitto back to the MQTT subscriber.
+    broker: Arc<Sink>,
 }
 
 impl Sinks {
@@ -364,6 +373,7 @@ impl Sinks {
             mqtt: Arc::default(),
             plain: Arc::default(),
             reverse: Arc::default(),
+            broker: Arc::default(),
         }
     }
 
@@ -419,7 +429,7 @@ async fn run_once(settings: &Settings, index: usize) -> Result<(Figures, Value)>
         settings.reverse_max_rate,
     )
     .await?;
-    let mqtt_receiver = mqtt_receiver(broker.port, sinks.mqtt.clone());
+    let mqtt_receiver = mqtt_receiver(broker.port, sinks.mqtt.clone(), sinks.broker.clone());
     let (mqtt_sender, mqtt_sender_loop) = mqtt_sender(broker.port);
     let (plain, plain_receiver) = plain_receiver(server.port, &sinks);
     let generator = sc_client(server.port, 200_000).0;
@@ -532,6 +542,17 @@ fn headline(settings: &Settings, figures: &mut Figures) {
                 let added = get(figures, &format!("{phase}.{output}.{p}_us"))
                     - get(figures, &format!("{phase}.plain.{p}_us"));
                 put(figures, format!("{phase}.{output}_added_{p}_us"), added);
+                if output == "mqtt" {
+                    // What is left of the added latency once the broker's
+                    // own hop (publish to subscriber, timed alone) is
+                    // taken out: the bridge's share, approximately.
+                    let broker = get(figures, &format!("{phase}.broker.{p}_us"));
+                    put(
+                        figures,
+                        format!("{phase}.mqtt_added_beyond_broker_{p}_us"),
+                        added - broker,
+                    );
+                }
             }
         }
     }
@@ -593,11 +614,21 @@ async fn load_phase(
     for (_, sink) in rig.sinks.load() {
         sink.begin(lo, hi);
     }
+    // The paced phases also time the broker alone; a burst would only
+    // crowd the broker.
+    let reference = load.rate.map(|_| &rig.mqtt_sender);
+    if reference.is_some() {
+        rig.sinks.broker.begin(lo, hi);
+    }
     let cpu_before = rig.bridge.cpu_ticks()?;
     let drops_before = udp_drops(rig.rx_port);
     let start_us = now_us();
-    generate(&rig.generator, lo, hi, load.rate).await;
-    let sinks: Vec<&Sink> = rig.sinks.load().into_iter().map(|(_, sink)| sink.as_ref()).collect();
+    generate(&rig.generator, reference, lo, hi, load.rate).await;
+    let mut sinks: Vec<&Sink> =
+        rig.sinks.load().into_iter().map(|(_, sink)| sink.as_ref()).collect();
+    if reference.is_some() {
+        sinks.push(&rig.sinks.broker);
+    }
     drain(&sinks, load.count).await;
     let cpu_after = rig.bridge.cpu_ticks()?;
     let drops_after = udp_drops(rig.rx_port);
@@ -608,6 +639,10 @@ async fn load_phase(
     for (output, sink) in rig.sinks.load() {
         let mut tally = sink.take();
         output_figures(figures, &format!("{name}.{output}"), &mut tally, load.count, start_us);
+    }
+    if reference.is_some() {
+        let mut tally = rig.sinks.broker.take();
+        output_figures(figures, &format!("{name}.broker"), &mut tally, load.count, start_us);
     }
     cpu_figures(figures, name, settings, cpu_after - cpu_before, load.count);
     if let Some(rate) = load.rate {
@@ -657,7 +692,15 @@ fn output_figures(
 
 /// Publishes `lo..hi`, flat out or at `rate` messages/s by due times (all
 /// overdue messages go at once, so the timer's 1 ms grain costs no rate).
-async fn generate(client: &ScClient, lo: u64, hi: u64, rate: Option<f64>) {
+/// With `reference`, every message is also published straight to the
+/// broker on `benchref/x`, for the broker-alone latency.
+async fn generate(
+    client: &ScClient,
+    reference: Option<&AsyncClient>,
+    lo: u64,
+    hi: u64,
+    rate: Option<f64>,
+) {
     let start = Instant::now();
     for seq in lo..hi {
         match rate {
@@ -678,7 +721,12 @@ async fn generate(client: &ScClient, lo: u64, hi: u64, rate: Option<f64>) {
                 }
             }
         }
-        client.publish(OBJECTS_CHANNEL, &envelope(seq));
+        let envelope = envelope(seq);
+        client.publish(OBJECTS_CHANNEL, &envelope);
+        if let (Some(mqtt), Some(payload)) = (reference, envelope.get("payload")) {
+            // A full channel shows as loss in the broker figures.
+            let _ = mqtt.try_publish("benchref/x", QoS::AtMostOnce, false, payload.to_string());
+        }
     }
 }
 
@@ -831,7 +879,7 @@ async fn soak(
             sampled.lock().unwrap_or_else(PoisonError::into_inner).push(sample);
         }
     });
-    generate(&rig.generator, lo, hi, Some(SOAK_RATE)).await;
+    generate(&rig.generator, None, lo, hi, Some(SOAK_RATE)).await;
     let sinks: Vec<&Sink> = rig.sinks.load().into_iter().map(|(_, sink)| sink.as_ref()).collect();
     drain(&sinks, count).await;
     sampler.abort();
@@ -1007,9 +1055,10 @@ impl Drop for OscReceiver {
     }
 }
 
-/// An MQTT 3.1.1 subscriber on `bench/load/#`, QoS 0; subscribes again
-/// after every CONNACK.
-fn mqtt_receiver(port: u16, sink: Arc<Sink>) -> tokio::task::JoinHandle<()> {
+/// An MQTT 3.1.1 subscriber on `bench/load/#` (the bridge's output) and
+/// `benchref/#` (the broker reference), QoS 0; subscribes again after
+/// every CONNACK.
+fn mqtt_receiver(port: u16, sink: Arc<Sink>, broker: Arc<Sink>) -> tokio::task::JoinHandle<()> {
     let mut options =
         MqttOptions::new(format!("scbridge-bench-rx-{}", std::process::id()), "127.0.0.1", port);
     options.set_keep_alive(Duration::from_secs(30));
@@ -1025,11 +1074,14 @@ fn mqtt_receiver(port: u16, sink: Arc<Sink>) -> tokio::task::JoinHandle<()> {
                         .as_ref()
                         .and_then(load_payload)
                     {
-                        sink.record(seq, t);
+                        let to =
+                            if publish.topic.starts_with("benchref/") { &broker } else { &sink };
+                        to.record(seq, t);
                     }
                 }
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     let _ = client.try_subscribe("bench/load/#", QoS::AtMostOnce);
+                    let _ = client.try_subscribe("benchref/#", QoS::AtMostOnce);
                 }
                 Ok(_) => {}
                 Err(_) => sleep(Duration::from_millis(200)).await,
@@ -1650,7 +1702,10 @@ fn print_table(settings: &Settings, runs: &[Figures], median: &Figures) {
         ));
     };
     for phase in &phases {
-        for output in ["plain", "osc", "mqtt"] {
+        for output in ["plain", "osc", "mqtt", "broker"] {
+            if output == "broker" && !median.contains_key(&format!("{phase}.broker.received")) {
+                continue;
+            }
             row(phase, output, &format!("{phase}.{output}"), &format!("{phase}.sent"));
         }
     }
@@ -1675,8 +1730,25 @@ fn print_table(settings: &Settings, runs: &[Figures], median: &Figures) {
         add("paced 1k/s: OSC added p99 µs", "paced_1k.osc_added_p99_us", 0);
         add("paced 1k/s: MQTT added p50 µs", "paced_1k.mqtt_added_p50_us", 0);
         add("paced 1k/s: MQTT added p99 µs", "paced_1k.mqtt_added_p99_us", 0);
+        add("paced 1k/s: broker alone p50 µs (publish → subscriber)", "paced_1k.broker.p50_us", 0);
+        add("paced 1k/s: broker alone p99 µs", "paced_1k.broker.p99_us", 0);
+        add(
+            "paced 1k/s: MQTT added p50 µs beyond the broker hop",
+            "paced_1k.mqtt_added_beyond_broker_p50_us",
+            0,
+        );
+        add(
+            "paced 1k/s: MQTT added p99 µs beyond the broker hop",
+            "paced_1k.mqtt_added_beyond_broker_p99_us",
+            0,
+        );
         add("paced 10k/s: OSC p99 − plain p99 µs", "paced_10k.osc_added_p99_us", 0);
         add("paced 10k/s: MQTT p99 − plain p99 µs", "paced_10k.mqtt_added_p99_us", 0);
+        add(
+            "paced 10k/s: MQTT p99 − plain p99 beyond the broker hop",
+            "paced_10k.mqtt_added_beyond_broker_p99_us",
+            0,
+        );
         for (name, _, _) in &settings.paced {
             add(
                 &format!("{name}: plain / offered rate (1: server keeps up)"),
