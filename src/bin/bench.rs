@@ -78,6 +78,10 @@
 //!   datagram or segment into the receiver's socket on the sender's time,
 //!   so this includes that work. `bridge_cpu_s_per_100k` is the same
 //!   figure scaled to 100,000 messages.
+//! - `bridge_msgs_per_wakeup`: messages over the times scbridge's thread
+//!   went to sleep for want of work (voluntary context switches). Every
+//!   wake-up costs the kernel a fixed amount whatever the turn handles, so
+//!   the CPU per message falls as this rises.
 //! - `rss.idle_kib` is VmRSS after warm-up; `rss.peak_kib` is VmHWM at the
 //!   end of the run.
 //! - `rx_socket_drops`: datagrams the kernel dropped at this process's OSC
@@ -620,7 +624,7 @@ async fn load_phase(
     if reference.is_some() {
         rig.sinks.broker.begin(lo, hi);
     }
-    let cpu_before = rig.bridge.cpu_ticks()?;
+    let cpu_before = (rig.bridge.cpu_ticks()?, rig.bridge.sleeps()?);
     let drops_before = udp_drops(rig.rx_port);
     let start_us = now_us();
     generate(&rig.generator, reference, lo, hi, load.rate).await;
@@ -630,7 +634,7 @@ async fn load_phase(
         sinks.push(&rig.sinks.broker);
     }
     drain(&sinks, load.count).await;
-    let cpu_after = rig.bridge.cpu_ticks()?;
+    let cpu_after = (rig.bridge.cpu_ticks()?, rig.bridge.sleeps()?);
     let drops_after = udp_drops(rig.rx_port);
     rig.bridge.check_alive()?;
 
@@ -644,7 +648,7 @@ async fn load_phase(
         let mut tally = rig.sinks.broker.take();
         output_figures(figures, &format!("{name}.broker"), &mut tally, load.count, start_us);
     }
-    cpu_figures(figures, name, settings, cpu_after - cpu_before, load.count);
+    cpu_figures(figures, name, settings, spent(cpu_before, cpu_after), load.count);
     if let Some(rate) = load.rate {
         // Below 1.0 the server itself could not keep up with the offered
         // rate, and every output's latency includes its queueing.
@@ -660,7 +664,22 @@ async fn load_phase(
     Ok(())
 }
 
-fn cpu_figures(figures: &mut Figures, name: &str, settings: &Settings, ticks: u64, messages: u64) {
+fn spent(before: (u64, u64), after: (u64, u64)) -> (u64, u64) {
+    (after.0.saturating_sub(before.0), after.1.saturating_sub(before.1))
+}
+
+/// CPU and sleeps of scbridge over a phase of `messages` messages.
+fn cpu_figures(
+    figures: &mut Figures,
+    name: &str,
+    settings: &Settings,
+    (ticks, sleeps): (u64, u64),
+    messages: u64,
+) {
+    // Each sleep is a wake-up later: the kernel's fixed cost per turn of
+    // the runtime, whatever the turn then handles.
+    let per_sleep = if sleeps > 0 { messages as f64 / sleeps as f64 } else { f64::NAN };
+    put(figures, format!("{name}.bridge_msgs_per_wakeup"), per_sleep);
     let secs = ticks as f64 / settings.clk_tck;
     put(figures, format!("{name}.bridge_cpu_s"), secs);
     let per_message = if messages > 0 { secs * 1e6 / messages as f64 } else { f64::NAN };
@@ -791,7 +810,7 @@ async fn reverse_phase(
     rig.sinks.reverse.begin(lo, hi);
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
     let target = rig.bridge.osc_listen;
-    let cpu_before = rig.bridge.cpu_ticks()?;
+    let cpu_before = (rig.bridge.cpu_ticks()?, rig.bridge.sleeps()?);
     let drops_before = udp_drops(target.port());
     let start = Instant::now();
     let start_us = now_us();
@@ -829,14 +848,14 @@ async fn reverse_phase(
         }
     }
     drain(&[rig.sinks.reverse.as_ref()], count).await;
-    let cpu_after = rig.bridge.cpu_ticks()?;
+    let cpu_after = (rig.bridge.cpu_ticks()?, rig.bridge.sleeps()?);
     let drops_after = udp_drops(target.port());
     rig.bridge.check_alive()?;
     let mut tally = rig.sinks.reverse.take();
     put(figures, format!("{phase}.sent"), count as f64);
     put(figures, format!("{phase}.offered_msg_s"), rate);
     output_figures(figures, phase, &mut tally, count, start_us);
-    cpu_figures(figures, phase, settings, cpu_after - cpu_before, count);
+    cpu_figures(figures, phase, settings, spent(cpu_before, cpu_after), count);
     if let ReverseSource::Osc = source {
         put(
             figures,
@@ -862,7 +881,7 @@ async fn soak(
     for (_, sink) in rig.sinks.load() {
         sink.begin(lo, hi);
     }
-    let cpu_before = rig.bridge.cpu_ticks()?;
+    let cpu_before = (rig.bridge.cpu_ticks()?, rig.bridge.sleeps()?);
     let drops_before = udp_drops(rig.rx_port);
     let start_us = now_us();
     let pid = rig.bridge.pid;
@@ -886,7 +905,7 @@ async fn soak(
     let mut samples = samples.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let end = rig.bridge.memory()?.rss_kib;
     samples.push((start.elapsed().as_secs_f64(), end));
-    let cpu_after = rig.bridge.cpu_ticks()?;
+    let cpu_after = (rig.bridge.cpu_ticks()?, rig.bridge.sleeps()?);
     let drops_after = udp_drops(rig.rx_port);
     rig.bridge.check_alive()?;
     put(figures, "soak.sent", count as f64);
@@ -894,7 +913,7 @@ async fn soak(
         let mut tally = sink.take();
         output_figures(figures, &format!("soak.{output}"), &mut tally, count, start_us);
     }
-    cpu_figures(figures, "soak", settings, cpu_after - cpu_before, count);
+    cpu_figures(figures, "soak", settings, spent(cpu_before, cpu_after), count);
     put(figures, "soak.rx_socket_drops", drops_after.saturating_sub(drops_before) as f64);
     // The reference is the sample after the first minute; a shorter soak
     // uses the sample nearest its middle instead (and says so).
@@ -1394,6 +1413,13 @@ impl Bridge {
         cpu_ticks_of(self.pid)
     }
 
+    /// How often scbridge's thread has gone to sleep waiting for work
+    /// (voluntary context switches of its main thread, which runs the
+    /// whole runtime).
+    fn sleeps(&self) -> Result<u64> {
+        status_field(self.pid, "voluntary_ctxt_switches:")
+    }
+
     fn memory(&self) -> Result<Memory> {
         memory_of(self.pid)
     }
@@ -1473,17 +1499,19 @@ struct Memory {
 }
 
 fn memory_of(pid: u32) -> Result<Memory> {
+    Ok(Memory { rss_kib: status_field(pid, "VmRSS:")?, hwm_kib: status_field(pid, "VmHWM:")? })
+}
+
+/// A number from `/proc/<pid>/status`, by its label.
+fn status_field(pid: u32, name: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("read /proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse::<u64>().ok())
-            .ok_or_else(|| anyhow!("no {name} in /proc/{pid}/status"))
-    };
-    Ok(Memory { rss_kib: field("VmRSS:")?, hwm_kib: field("VmHWM:")? })
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse::<u64>().ok())
+        .ok_or_else(|| anyhow!("no {name} in /proc/{pid}/status"))
 }
 
 /// User plus system CPU time of a process, in clock ticks.
@@ -1767,6 +1795,11 @@ fn print_table(settings: &Settings, runs: &[Figures], median: &Figures) {
                 &format!("{phase}.bridge_cpu_s_per_100k"),
                 2,
             );
+            add(
+                &format!("{phase}: messages per scbridge wake-up"),
+                &format!("{phase}.bridge_msgs_per_wakeup"),
+                2,
+            );
         }
         for (phase, label) in
             [("reverse_osc", "reverse OSC→SC"), ("reverse_mqtt", "reverse MQTT→SC")]
@@ -1800,6 +1833,7 @@ fn print_table(settings: &Settings, runs: &[Figures], median: &Figures) {
         );
     } else {
         add("soak: scbridge CPU µs per forwarded msg", "soak.bridge_cpu_us_per_msg", 1);
+        add("soak: messages per scbridge wake-up", "soak.bridge_msgs_per_wakeup", 2);
         add("soak: RSS at the reference sample KiB", "soak.rss_reference_kib", 0);
         add("soak: reference sample taken at s", "soak.rss_reference_at_s", 0);
         add("soak: RSS at the end KiB", "soak.rss_end_kib", 0);
