@@ -78,6 +78,14 @@
 //!   datagram or segment into the receiver's socket on the sender's time,
 //!   so this includes that work. `bridge_cpu_s_per_100k` is the same
 //!   figure scaled to 100,000 messages.
+//! - `floor_cpu_us_per_msg`: after each load phase, the same number of
+//!   messages (two seconds' worth at a paced rate), of the size of the
+//!   frame the server sends, at the same rate, through a bare forwarder
+//!   thread in this process: one blocking TCP read per wake-up, then per
+//!   message one UDP `send_to` and one TCP write, nothing else. Its CPU per
+//!   message is what the sockets alone cost on this machine;
+//!   `bridge_cpu_over_floor` is scbridge's CPU per message over it, in the
+//!   same run.
 //! - `bridge_msgs_per_wakeup`: messages over the times scbridge's thread
 //!   went to sleep for want of work (voluntary context switches). Every
 //!   wake-up costs the kernel a fixed amount whatever the turn handles, so
@@ -649,6 +657,19 @@ async fn load_phase(
         output_figures(figures, &format!("{name}.broker"), &mut tally, load.count, start_us);
     }
     cpu_figures(figures, name, settings, spent(cpu_before, cpu_after), load.count);
+    // The floor beside it: the same messages through a bare forwarder (two
+    // seconds' worth at a paced rate: the rate, not the count, sets the
+    // cost per message).
+    let floor_count = load.rate.map_or(load.count, |rate| load.count.min((rate * 2.0) as u64));
+    // As large as the frame the server sends the bridge for one message.
+    let frame_bytes =
+        scbridge::sc::codec::encode_publish(OBJECTS_CHANNEL, &envelope(hi), None).len();
+    let rate = load.rate;
+    let floor = tokio::task::spawn_blocking(move || kernel_floor(floor_count, rate, frame_bytes));
+    let floor = floor.await.map_err(|err| anyhow!("the floor forwarder: {err}"))??;
+    put(figures, format!("{name}.floor_cpu_us_per_msg"), floor);
+    let bridge = figures.get(&format!("{name}.bridge_cpu_us_per_msg")).copied();
+    put(figures, format!("{name}.bridge_cpu_over_floor"), bridge.unwrap_or(f64::NAN) / floor);
     if let Some(rate) = load.rate {
         // Below 1.0 the server itself could not keep up with the offered
         // rate, and every output's latency includes its queueing.
@@ -1800,6 +1821,16 @@ fn print_table(settings: &Settings, runs: &[Figures], median: &Figures) {
                 &format!("{phase}.bridge_msgs_per_wakeup"),
                 2,
             );
+            add(
+                &format!("{phase}: kernel floor CPU µs per msg (bare forwarder)"),
+                &format!("{phase}.floor_cpu_us_per_msg"),
+                1,
+            );
+            add(
+                &format!("{phase}: scbridge CPU / kernel floor"),
+                &format!("{phase}.bridge_cpu_over_floor"),
+                2,
+            );
         }
         for (phase, label) in
             [("reverse_osc", "reverse OSC→SC"), ("reverse_mqtt", "reverse MQTT→SC")]
@@ -1855,4 +1886,99 @@ fn print_table(settings: &Settings, runs: &[Figures], median: &Figures) {
         1000.0 / settings.clk_tck
     ));
     let _ = std::io::stdout().write_all(out.as_bytes());
+}
+
+// ---------------------------------------------------------------------------
+// The kernel floor
+// ---------------------------------------------------------------------------
+
+/// The least a forwarder can cost on this machine: a thread that blocks on
+/// a TCP read (as scbridge reads its WebSocket) and, for every
+/// newline-ended message, sends one UDP datagram (as to OSC) and writes it
+/// to a second TCP connection (as to the MQTT broker), with no parsing, no
+/// routing and no runtime. It is fed the same number of messages of the
+/// same size at the same rate as the phase it stands beside; its thread's
+/// CPU per message (`getrusage(RUSAGE_THREAD)`, kernel time included) is
+/// what the socket work alone costs here. Returns µs per message.
+fn kernel_floor(count: u64, rate: Option<f64>, message_bytes: usize) -> Result<f64> {
+    use std::io::Read as _;
+    let input = TcpListener::bind("127.0.0.1:0")?;
+    let input_addr = input.local_addr()?;
+    let sink = TcpListener::bind("127.0.0.1:0")?;
+    let sink_addr = sink.local_addr()?;
+    let datagrams = StdUdpSocket::bind("127.0.0.1:0")?;
+    datagrams.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let datagram_addr = datagrams.local_addr()?;
+    let done = Arc::new(AtomicBool::new(false));
+
+    let udp_done = done.clone();
+    let udp_reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !udp_done.load(Ordering::Relaxed) {
+            let _ = datagrams.recv(&mut buf);
+        }
+    });
+    let tcp_reader = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut stream, _) = sink.accept()?;
+        let mut buf = vec![0u8; 64 * 1024];
+        while stream.read(&mut buf)? > 0 {}
+        Ok(())
+    });
+    let forwarder = std::thread::spawn(move || -> std::io::Result<f64> {
+        let (mut from, _) = input.accept()?;
+        let mut to = std::net::TcpStream::connect(sink_addr)?;
+        to.set_nodelay(true)?;
+        let udp = StdUdpSocket::bind("127.0.0.1:0")?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut pending = Vec::new();
+        let mut forwarded = 0u64;
+        let before = thread_cpu_us();
+        while forwarded < count {
+            let read = from.read(&mut buf)?;
+            if read == 0 {
+                break;
+            }
+            pending.extend_from_slice(&buf[..read]);
+            let mut start = 0;
+            while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
+                let message = &pending[start..start + end];
+                udp.send_to(message, datagram_addr)?;
+                to.write_all(message)?;
+                forwarded += 1;
+                start += end + 1;
+            }
+            pending.drain(..start);
+        }
+        Ok((thread_cpu_us() - before) / forwarded.max(1) as f64)
+    });
+
+    let mut feed = std::net::TcpStream::connect(input_addr)?;
+    feed.set_nodelay(true)?;
+    let mut line = vec![b'x'; message_bytes.max(2) - 1];
+    line.push(b'\n');
+    let start = std::time::Instant::now();
+    for k in 0..count {
+        if let Some(rate) = rate {
+            let due = start + Duration::from_secs_f64(k as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        feed.write_all(&line)?;
+    }
+    let per_message = forwarder.join().map_err(|_| anyhow!("the floor forwarder panicked"))??;
+    drop(feed);
+    done.store(true, Ordering::Relaxed);
+    let _ = udp_reader.join();
+    let _ = tcp_reader.join();
+    Ok(per_message)
+}
+
+/// This thread's user plus system CPU time, µs.
+fn thread_cpu_us() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    let micros = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    micros(usage.ru_utime) + micros(usage.ru_stime)
 }
