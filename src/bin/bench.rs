@@ -8,7 +8,9 @@
 //!
 //! - the real socketcluster-server (`node tests/peers/server.js --port 0`);
 //! - Mosquitto, with a config written per run (`max_queued_messages 0`, so the
-//!   broker never drops QoS 0 messages for a subscriber that lags);
+//!   broker never drops QoS 0 messages for a subscriber that lags, and
+//!   `set_tcp_nodelay true`, so its deliveries do not wait out Nagle's
+//!   algorithm: a live installation's broker wants both);
 //! - `scbridge run` with a config written per run: cables objects `load/*` go to
 //!   OSC `/load/*` and to MQTT `bench/load/+`; OSC `/rev/*` goes back to
 //!   cables objects `rev/{1}`. The OSC route uses `objects = "json"`: one
@@ -1325,8 +1327,8 @@ impl Broker {
                 &config,
                 format!(
                     "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                     max_queued_messages 0\nlog_dest stderr\nlog_type error\nlog_type warning\n\
-                     log_type notice\nlog_type information\n"
+                     max_queued_messages 0\nset_tcp_nodelay true\nlog_dest stderr\n\
+                     log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
                 ),
             )?;
             let mut child = Command::new(&binary)
