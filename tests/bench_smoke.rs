@@ -1,0 +1,54 @@
+//! The benchmark binary, run as a user runs it (`scbridge-bench --quick`)
+//! against the real peers, so that it cannot rot between measurements. It
+//! asserts on what arrived, never on how fast: every phase delivers every
+//! message to every output, and the references the summary divides by are
+//! there.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn a_quick_benchmark_run_delivers_every_message_to_every_output() {
+    let dir = std::env::temp_dir().join(format!("scbridge-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let summary_path: PathBuf = dir.join("summary.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_scbridge-bench"))
+        .args(["--quick", "--scbridge", env!("CARGO_BIN_EXE_scbridge"), "--json"])
+        .arg(&summary_path)
+        .output()
+        .expect("the bench binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "scbridge-bench failed:\n{stderr}");
+    let text = std::fs::read_to_string(&summary_path).expect("the summary JSON was written");
+    let _ = std::fs::remove_dir_all(&dir);
+    let summary: Value = serde_json::from_str(&text).expect("the summary is JSON");
+    let figures = &summary["median"];
+    let figure = |key: &str| {
+        figures[key].as_f64().unwrap_or_else(|| panic!("no figure {key} in {figures:#}"))
+    };
+
+    for phase in ["burst", "paced_1k", "paced_10k"] {
+        let sent = figure(&format!("{phase}.sent"));
+        assert!(sent > 0.0, "{phase} sent nothing");
+        for output in ["plain", "osc", "mqtt"] {
+            assert_eq!(figure(&format!("{phase}.{output}.received")), sent, "{phase} {output}");
+            assert_eq!(figure(&format!("{phase}.{output}.duplicates")), 0.0, "{phase} {output}");
+        }
+        assert!(figure(&format!("{phase}.floor_cpu_us_per_msg")) > 0.0, "{phase} has no floor");
+    }
+    for phase in ["paced_1k", "paced_10k"] {
+        let sent = figure(&format!("{phase}.sent"));
+        assert_eq!(figure(&format!("{phase}.broker.received")), sent, "{phase} broker reference");
+    }
+    for phase in ["reverse_osc", "reverse_mqtt"] {
+        assert_eq!(
+            figure(&format!("{phase}.received")),
+            figure(&format!("{phase}.sent")),
+            "{phase}"
+        );
+    }
+    assert!(figure("rss.peak_kib") > 0.0);
+    assert_eq!(figure("bridge.log_warnings"), 0.0, "scbridge logged warnings:\n{stderr}");
+}
