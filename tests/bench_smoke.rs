@@ -2,7 +2,7 @@
 //! against the real peers, so that it cannot rot between measurements. It
 //! asserts on what arrived, never on how fast: every phase delivers every
 //! message to every output, and the references the summary divides by are
-//! there.
+//! there where they belong.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -38,10 +38,10 @@ fn a_quick_benchmark_run_delivers_every_message_to_every_output() {
         }
         assert!(figure(&format!("{phase}.floor_cpu_us_per_msg")) > 0.0, "{phase} has no floor");
     }
-    for phase in ["paced_1k", "paced_10k"] {
-        let sent = figure(&format!("{phase}.sent"));
-        assert_eq!(figure(&format!("{phase}.broker.received")), sent, "{phase} broker reference");
-    }
+    // The broker is timed alone up to 2,000/s only.
+    let sent = figure("paced_1k.sent");
+    assert_eq!(figure("paced_1k.broker.received"), sent, "paced_1k broker reference");
+    assert!(figures.get("paced_10k.broker.received").is_none(), "the broker timed at 10,000/s");
     for phase in ["reverse_osc", "reverse_mqtt"] {
         assert_eq!(
             figure(&format!("{phase}.received")),
