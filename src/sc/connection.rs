@@ -30,6 +30,10 @@ type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const DRAIN_BATCH: usize = 256;
 /// How long a clean close may take before the socket is just dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Bytes asked of the socket per read: about a hundred typical publish
+/// frames, so a burst still drains in few reads (larger frames grow the
+/// buffer as they need).
+const WS_READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// What the handles ask of the link task.
 pub(crate) enum Command {
@@ -208,8 +212,13 @@ impl Connection {
         // Frames above our own limit are skipped by us (counted), not by
         // tungstenite, which would close the connection instead.
         let limit = self.config.max_frame_bytes.max(64 << 20);
-        let ws_config =
-            WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
+        // tungstenite zero-fills the free part of its read buffer before
+        // every read, WouldBlock included: at its 128 KiB default that memset
+        // costs more than decoding the messages the read brings.
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(limit))
+            .max_frame_size(Some(limit))
+            .read_buffer_size(WS_READ_BUFFER_BYTES);
         let connecting = tokio::time::timeout(
             self.config.connect_timeout,
             tokio_tungstenite::connect_async_tls_with_config(
