@@ -198,9 +198,9 @@ async fn sigterm_with_queued_messages_exits_cleanly_and_says_offline() {
     let td = OscReceiver::bind().await;
     let dir = TempDir::new("term");
     let notify = NotifySocket::bind(dir.path());
-    let osc_in = free_udp_port();
+    let (osc_in, http) = (free_udp_port(), free_tcp_port());
     let mqtt = format!(
-        "[mqtt]\nurl = \"{}\"\nclient_id = \"term-test\"\navailability_topic = \"scbridge/term-test/availability\"\n{ROUTE_A}",
+        "[mqtt]\nurl = \"{}\"\nclient_id = \"term-test\"\navailability_topic = \"scbridge/term-test/availability\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n{ROUTE_A}",
         broker.url()
     );
     let config = dir.path().join("bridge.toml");
@@ -220,9 +220,13 @@ async fn sigterm_with_queued_messages_exits_cleanly_and_says_offline() {
     }
     wait_until(|| daemon.log().contains("SocketCluster link down"), WAIT, "the link noticed down")
         .await;
-    // The three messages are queued for SocketCluster by now (same router
-    // task, in order); a queued count shows in the log on shutdown.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let queued = r#"scbridge_queue_depth{queue="socketcluster_send"}"#;
+    wait_until(
+        || async { metric(&http_get(http, "/metrics").await.1, queued) == 3.0 },
+        WAIT,
+        "the three messages are queued for SocketCluster",
+    )
+    .await;
     daemon.signal("TERM").await;
     assert_eq!(daemon.wait(WAIT).await, 0, "log:\n{}", daemon.log());
     let offline = availability.next_message(WAIT).await;
@@ -303,15 +307,12 @@ listen = "127.0.0.1:{http}"
     // The OSC message and the MQTT command travel different ways; wait
     // until the router has seen the first before sending the second.
     let disabled = r#"scbridge_route_messages_total{route="a",event="disabled"}"#;
-    let mut seen = 0.0;
-    for _ in 0..200 {
-        seen = metric(&http_get(http, "/metrics").await.1, disabled);
-        if seen >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(seen, 1.0, "the message on the switched-off route was counted");
+    wait_until(
+        || async { metric(&http_get(http, "/metrics").await.1, disabled) == 1.0 },
+        WAIT,
+        "the message on the switched-off route was counted",
+    )
+    .await;
     mosquitto::publish(
         broker.port(),
         "scbridge/control/route",
