@@ -12,6 +12,7 @@
 //! - [`stats`]: named drop and traffic counters.
 //! - [`http`]: the optional loopback listener for `/metrics`, `/health` and `/recent`.
 //! - [`tls`]: rustls client settings shared by the links.
+//! - [`logging`]: log lines on stderr, with syslog priorities for the journal.
 //! - [`explain`]: `check` and `explain`: the resolved config and dry runs.
 //! - [`service`]: the daemon: signals, systemd notify and watchdog, reload.
 //! - [`observe`]: what `/metrics`, `/health` and `/recent` show.
@@ -21,6 +22,7 @@ pub mod cables;
 pub mod config;
 pub mod explain;
 pub mod http;
+pub mod logging;
 pub mod message;
 pub mod mqtt;
 pub mod observe;

@@ -58,18 +58,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));
-    // No colour codes unless a person watches: journald stores them verbatim.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    let format = match cli.log_format {
+        LogFormat::Text => scbridge::logging::LogFormat::Text,
+        LogFormat::Json => scbridge::logging::LogFormat::Json,
+    };
+    scbridge::logging::init(&cli.log_level, format);
 
     let config = match Config::load(&cli.config) {
         Ok(config) => config,

@@ -403,6 +403,35 @@ async fn the_http_listener_shows_counters_moving_health_and_recent_messages() {
     assert_eq!(daemon.wait(WAIT).await, 0);
 }
 
+/// Under systemd with its output in the journal, every line carries its
+/// syslog priority (`<4>` for a warning) and no timestamp of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_journal_stream_each_line_starts_with_its_syslog_priority() {
+    let dir = TempDir::new("journal");
+    let config = dir.path().join("bridge.toml");
+    let nobody_listens = free_tcp_port();
+    std::fs::write(
+        &config,
+        format!("[socketcluster]\nurl = \"ws://127.0.0.1:{nobody_listens}/socketcluster/\"\n"),
+    )
+    .expect("write config");
+    let mut daemon = Daemon::start_on_journal_stream(&config);
+    wait_until(|| daemon.log().contains("link down"), WAIT, "the refused link is logged").await;
+    daemon.signal("TERM").await;
+    assert_eq!(daemon.wait(WAIT).await, 0, "log:\n{}", daemon.log());
+
+    let log = daemon.log();
+    let prefixes: Vec<&str> = log.lines().map(|line| &line[..line.len().min(3)]).collect();
+    assert!(prefixes.contains(&"<6>"), "an info line: {log}");
+    assert!(prefixes.contains(&"<4>"), "a warning line: {log}");
+    assert!(prefixes.iter().all(|p| ["<3>", "<4>", "<6>", "<7>"].contains(p)), "{log}");
+    let down = log.lines().find(|l| l.contains("link down")).expect("the link-down line");
+    assert!(
+        down.starts_with("<4> WARN scbridge::sc::connection: SocketCluster link down"),
+        "{down}"
+    );
+}
+
 /// Tokens, passwords and header values never appear in the log (even at
 /// debug) or in `check`'s output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

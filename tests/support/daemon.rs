@@ -118,9 +118,27 @@ impl Daemon {
     /// Starts `scbridge run --config CONFIG` with extra environment.
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut command = Command::new(env!("CARGO_BIN_EXE_scbridge"));
+        command.args(["run", "--config"]).arg(config);
+        Daemon::spawn(command, env)
+    }
+
+    /// Starts `scbridge run --config CONFIG` with `JOURNAL_STREAM` naming the
+    /// device and inode of its stderr, as systemd sets it when a service's
+    /// output goes to the journal.
+    pub fn start_on_journal_stream(config: &Path) -> Daemon {
+        let mut command = Command::new("sh");
         command
-            .args(["run", "--config"])
-            .arg(config)
+            .arg("-c")
+            .arg(
+                r#"JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec "$0" run --config "$1""#,
+            )
+            .arg(env!("CARGO_BIN_EXE_scbridge"))
+            .arg(config);
+        Daemon::spawn(command, &[])
+    }
+
+    fn spawn(mut command: Command, env: &[(&str, &str)]) -> Daemon {
+        command
             .env_remove("SCBRIDGE_CONFIG")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
