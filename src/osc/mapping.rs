@@ -258,7 +258,7 @@ fn split<'a>(
 fn flatten<'a>(value: &'a Value, options: &OscOutOptions, out: &mut Vec<Cow<'a, Value>>) {
     match value {
         Value::Array(items) => items.iter().for_each(|item| flatten(item, options, out)),
-        Value::Object(_) => out.push(Cow::Owned(Value::String(value.to_string()))),
+        Value::Object(_) => out.push(Cow::Owned(Value::String(json_text(value)))),
         Value::Null if options.null == NullStyle::Omit => {}
         scalar => out.push(Cow::Borrowed(scalar)),
     }
@@ -302,8 +302,16 @@ fn by_json_type(value: &Value, options: &OscOutOptions) -> OscType {
         Value::Number(n) => number(n.as_f64().unwrap_or(0.0), options.numbers),
         Value::String(s) => osc_string(s.clone()),
         // `flatten` has already turned these into JSON text.
-        Value::Array(_) | Value::Object(_) => osc_string(value.to_string()),
+        Value::Array(_) | Value::Object(_) => osc_string(json_text(value)),
     }
+}
+
+/// Compact JSON text. `serde_json::to_string` writes bytes straight into a
+/// buffer; `Value`'s `Display` goes through the formatter piece by piece,
+/// at about twice the cost. Serialising a `Value` cannot fail: its keys are
+/// strings and its numbers finite.
+fn json_text(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 /// An OSC string ends at its first NUL, so a NUL inside would cut the rest
@@ -335,7 +343,7 @@ fn coerce(value: &Value, tag: TypeTag, address: &str, index: usize) -> Result<Os
     match tag {
         TypeTag::String => Ok(osc_string(match value {
             Value::String(s) => s.clone(),
-            other => other.to_string(),
+            other => json_text(other),
         })),
         TypeTag::Bool => Ok(OscType::Bool(truthy(value))),
         TypeTag::Nil => Ok(OscType::Nil),
