@@ -54,6 +54,8 @@ pub enum Target {
 
 /// Characters OSC reserves for address patterns; a name must not carry them.
 pub const OSC_RESERVED: &[char] = &[' ', '#', '*', ',', '?', '[', ']', '{', '}'];
+/// Characters an MQTT topic name must not carry: the filter wildcards and NUL.
+const MQTT_RESERVED: &[char] = &['+', '#', '\0'];
 
 impl Target {
     /// Makes a filled-in name valid on its side: captures may bring in
@@ -61,10 +63,14 @@ impl Target {
     pub fn sanitize(&self, name: String) -> String {
         let forbidden: &[char] = match self {
             Target::Osc { .. } => OSC_RESERVED,
-            Target::Mqtt { .. } => &['+', '#', '\0'],
+            Target::Mqtt { .. } => MQTT_RESERVED,
             _ => return name,
         };
-        if name.contains(forbidden) { name.replace(forbidden, "_") } else { name }
+        // Every forbidden character is ASCII, and no byte of a multi-byte
+        // UTF-8 character is, so a byte scan finds them. It runs on every
+        // message; `str::contains` with a char slice costs several times more.
+        let found = name.bytes().any(|b| forbidden.iter().any(|&c| c as u32 == u32::from(b)));
+        if found { name.replace(forbidden, "_") } else { name }
     }
 
     /// The source kind a message sent here would come back as, if the
@@ -416,6 +422,18 @@ mod tests {
         );
         assert_eq!(out[0].name, "/td/living_room__1+");
         assert_eq!(out[1].name, "home/living room _1_");
+    }
+
+    #[test]
+    fn sanitizing_keeps_non_ascii_names_whole_and_replaces_only_reserved_characters() {
+        assert!(
+            OSC_RESERVED.iter().chain(MQTT_RESERVED).all(char::is_ascii),
+            "the byte scan relies on it"
+        );
+        assert_eq!(osc().sanitize("/salle/été/«1»".into()), "/salle/été/«1»");
+        assert_eq!(osc().sanitize("/salle/été #2".into()), "/salle/été__2");
+        assert_eq!(mqtt(false).sanitize("maison/pièce+#".into()), "maison/pièce__");
+        assert_eq!(mqtt(false).sanitize("a\0b".into()), "a_b");
     }
 
     #[test]
