@@ -129,6 +129,7 @@ impl Connection {
     fn finish(&self, done: Option<oneshot::Sender<()>>) {
         let left = self.queue.len();
         if left > 0 {
+            crate::stats::add(&self.stats.shutdown_dropped, left as u64);
             tracing::warn!(
                 dropped = left,
                 "SocketCluster link shut down with messages still queued"
@@ -380,11 +381,21 @@ impl Connection {
     ) -> bool {
         self.queue.take(max, batch);
         let more = !batch.is_empty() && self.queue.len() > 0;
-        for item in batch.drain(..) {
+        let mut items = batch.drain(..);
+        while let Some(item) = items.next() {
             if let Some((cid, reply)) = item.reply {
                 self.session.track_invoke(cid, reply);
             }
             if ws.feed(Message::text(item.text)).await.is_err() {
+                // The packet the socket refused is lost (an invoke among them
+                // fails to its caller with the connection); the rest of the
+                // batch goes back to the front of the queue for the reconnect.
+                ScStats::bump(&self.stats.write_failures);
+                tracing::warn!(
+                    requeued = items.len(),
+                    "a SocketCluster write failed: one packet lost, the rest requeued"
+                );
+                self.queue.give_back(items, &self.stats);
                 return false;
             }
             ScStats::bump(&self.stats.frames_out);

@@ -47,16 +47,45 @@ impl OutboundQueue {
             dropped
         };
         if let Some(dropped) = dropped {
-            ScStats::bump(&stats.queue_overflow);
-            tracing::warn!(
-                capacity = self.capacity,
-                "SocketCluster send queue full: dropped the oldest message"
-            );
-            if let Some((_, reply)) = dropped.reply {
-                let _ = reply.send(Err(InvokeError::Dropped));
-            }
+            self.overflowed(dropped, stats);
         }
         self.ready.notify_one();
+    }
+
+    /// Puts packets taken for sending, and not sent, back at the front, in
+    /// their order, so that they go out first after a reconnect. Newer
+    /// packets may have filled the queue meanwhile; then these, the oldest,
+    /// are the ones dropped and counted.
+    pub fn give_back(&self, unsent: impl DoubleEndedIterator<Item = Outgoing>, stats: &ScStats) {
+        let mut dropped = Vec::new();
+        {
+            let mut items = self.lock();
+            for item in unsent.rev() {
+                if items.len() >= self.capacity {
+                    dropped.push(item);
+                } else {
+                    items.push_front(item);
+                }
+            }
+        }
+        for item in dropped {
+            self.overflowed(item, stats);
+        }
+    }
+
+    fn overflowed(&self, dropped: Outgoing, stats: &ScStats) {
+        ScStats::bump(&stats.queue_overflow);
+        let count = ScStats::get(&stats.queue_overflow);
+        if crate::stats::worth_logging(count) {
+            tracing::warn!(
+                capacity = self.capacity,
+                dropped = count,
+                "SocketCluster send queue full: dropped the oldest message"
+            );
+        }
+        if let Some((_, reply)) = dropped.reply {
+            let _ = reply.send(Err(InvokeError::Dropped));
+        }
     }
 
     /// Takes up to `max` packets, oldest first.
@@ -104,6 +133,38 @@ mod tests {
         for n in 0..5 {
             queue.push(Outgoing { text: n.to_string(), reply: None }, &stats);
         }
+        assert_eq!(text_of(&queue), vec!["2", "3", "4"]);
+        assert_eq!(ScStats::get(&stats.queue_overflow), 2);
+    }
+
+    #[test]
+    fn packets_given_back_go_out_first_and_in_order() {
+        let stats = ScStats::default();
+        let queue = OutboundQueue::new(5);
+        for n in 0..4 {
+            queue.push(Outgoing { text: n.to_string(), reply: None }, &stats);
+        }
+        let mut taken = Vec::new();
+        queue.take(3, &mut taken);
+        queue.push(Outgoing { text: "4".into(), reply: None }, &stats);
+        queue.give_back(taken.into_iter(), &stats);
+        assert_eq!(text_of(&queue), vec!["0", "1", "2", "3", "4"]);
+        assert_eq!(ScStats::get(&stats.queue_overflow), 0);
+    }
+
+    #[test]
+    fn packets_given_back_to_a_full_queue_are_dropped_oldest_first_and_counted() {
+        let stats = ScStats::default();
+        let queue = OutboundQueue::new(3);
+        for n in 0..3 {
+            queue.push(Outgoing { text: n.to_string(), reply: None }, &stats);
+        }
+        let mut taken = Vec::new();
+        queue.take(3, &mut taken);
+        for n in 3..5 {
+            queue.push(Outgoing { text: n.to_string(), reply: None }, &stats);
+        }
+        queue.give_back(taken.into_iter(), &stats);
         assert_eq!(text_of(&queue), vec!["2", "3", "4"]);
         assert_eq!(ScStats::get(&stats.queue_overflow), 2);
     }

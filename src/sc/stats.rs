@@ -34,6 +34,11 @@ crate::stats::counters! {
         unknown_replies,
         /// Outgoing messages dropped (oldest first) because the send queue was full.
         queue_overflow,
+        /// Packets lost because the write to the socket failed (the connection
+        /// broke); the packets behind them go back to the send queue.
+        write_failures,
+        /// Packets still queued when the link shut down.
+        shutdown_dropped,
         /// Invokes whose reply did not arrive within the ack timeout.
         invokes_timed_out,
         /// Invokes lost with the connection before a reply arrived.
