@@ -69,6 +69,8 @@ crate::stats::counters! {
         oversized_out,
         /// Filters the broker refused, or SUBSCRIBEs that could not be queued.
         subscribe_failures,
+        /// Messages still held when the endpoint shut down.
+        shutdown_dropped,
     }
 }
 
@@ -272,7 +274,8 @@ mod tests {
             MqttStats::default().snapshot().into_iter().map(|(n, _)| n).collect();
         assert!(names.contains(&"own_echoes"));
         assert!(names.contains(&"offline_queue_overflow"));
-        assert_eq!(names.len(), 11);
+        assert!(names.contains(&"shutdown_dropped"));
+        assert_eq!(names.len(), 12);
     }
 
     #[tokio::test]

@@ -366,9 +366,10 @@ impl Driver {
         }
         let left = self.shared.outbox().queued();
         if left > 0 {
+            crate::stats::add(&self.shared.stats.shutdown_dropped, left as u64);
             tracing::warn!(
                 broker = %self.broker,
-                messages = left,
+                dropped = left,
                 "MQTT endpoint stopped with messages still queued: dropped"
             );
         }
