@@ -425,3 +425,47 @@ max_rate = 20
     assert_eq!(server.count_lines(&format!("PUBLISH {socket_id} fader ")) as u64, sent);
     running.stop().await;
 }
+
+/// At the stop, a value waiting for its `max_rate` turn is still sent, and
+/// an output waiting for its `delay_ms` is dropped and counted as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_stop_waiting_values_are_sent_and_delayed_outputs_are_counted() {
+    let (server, _td, running) = bridge_with(
+        r#"
+[[route]]
+name = "fader"
+from = { osc = "/fader" }
+to = [{ sc_channel = "fader" }]
+max_rate = 1
+
+[[route]]
+name = "later"
+from = { osc = "/later" }
+to = [{ sc_channel = "later" }]
+delay_ms = 60000
+"#,
+    )
+    .await;
+    let socket_id = server.socket_ids().await.pop().expect("the bridge's socket");
+    for n in 0..2 {
+        send_osc(osc_port(&running), "/fader", vec![OscType::Int(n)]).await;
+    }
+    send_osc(osc_port(&running), "/later", vec![OscType::Int(7)]).await;
+    server.next_line_matching(|l| l == format!("PUBLISH {socket_id} fader 0"), WAIT).await;
+    let routes = running.routes();
+    wait_until(
+        || get(&routes[0].matched) == 2 && get(&routes[1].matched) == 1,
+        WAIT,
+        "all three routed",
+    )
+    .await;
+    assert_eq!(get(&routes[0].sent), 1, "the second value waits for its turn");
+
+    running.stop().await;
+    server.next_line_matching(|l| l == format!("PUBLISH {socket_id} fader 1"), WAIT).await;
+    assert_eq!(get(&routes[0].sent), 2);
+    assert_eq!(get(&routes[1].sent), 0);
+    // The delayed task counts itself when it sees the stop, on its own turn.
+    wait_until(|| get(&routes[1].shutdown_dropped) == 1, WAIT, "the delayed output counted").await;
+    assert_eq!(server.count_lines(&format!("PUBLISH {socket_id} later ")), 0);
+}

@@ -60,6 +60,10 @@ crate::stats::counters! {
         /// Replaced by a newer value before its turn (`max_rate`); not a loss
         /// of state, the latest value always goes out.
         coalesced,
+        /// Dropped: too many outputs were already waiting for their delay.
+        delay_full,
+        /// Dropped: still waiting for its delay when the bridge stopped.
+        shutdown_dropped,
     }
 }
 
@@ -90,6 +94,9 @@ crate::stats::counters! {
         reloads,
         /// Last values not remembered for `resend` (the memory was full).
         resend_memory_full,
+        /// Link commands (`active`, `reset`) dropped because earlier ones
+        /// were still waiting: a flood of control messages.
+        controls_dropped,
     }
 }
 
@@ -345,6 +352,7 @@ pub async fn start(config: Config) -> Result<Running, BridgeError> {
         last_values: HashMap::new(),
         resend_enabled: false,
         coalescer: Coalescer::default(),
+        delayed: Arc::default(),
         out: Vec::new(),
         skipped: Vec::new(),
         table,

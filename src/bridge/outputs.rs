@@ -94,14 +94,14 @@ impl Outputs {
         let delivered = match target {
             Target::Osc { target, options } => match &self.osc {
                 Some(osc) => osc.send(OscOut { target, address: name, body, options }).is_ok(),
-                None => return bump(&stats.no_link),
+                None => return no_link(stats, "OSC"),
             },
             Target::Mqtt { qos, retain, format } => match &self.mqtt {
                 Some(mqtt) => mqtt.send(MqttOut { topic: name, body, qos, retain, format }).is_ok(),
-                None => return bump(&stats.no_link),
+                None => return no_link(stats, "MQTT"),
             },
             Target::CablesObject | Target::CablesTrigger { .. } => {
-                let Some(cables) = &self.cables else { return bump(&stats.no_link) };
+                let Some(cables) = &self.cables else { return no_link(stats, "cables") };
                 if !cables.can_send.load(Ordering::Relaxed) {
                     bump(&stats.not_allowed);
                     let count = crate::stats::get(&stats.not_allowed);
@@ -162,6 +162,16 @@ impl Outputs {
                 tracing::warn!(count, "an endpoint queue is full: dropped an output");
             }
         }
+    }
+}
+
+/// An output for a link that is not configured (a reload removed it while
+/// a value waited for its delay or its turn): counted and said.
+fn no_link(stats: &RouteStats, link: &'static str) {
+    bump(&stats.no_link);
+    let count = crate::stats::get(&stats.no_link);
+    if worth_logging(count) {
+        tracing::warn!(link, count, "an output for a link that is not configured: dropped");
     }
 }
 

@@ -2,7 +2,7 @@
 //! it also carries out control commands and reloads.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
@@ -32,6 +32,10 @@ use crate::stats::{bump, worth_logging};
 const BATCH: usize = 256;
 /// Last values kept for `resend`, one per route, destination and name.
 const RESEND_MEMORY: usize = 10_000;
+/// Outputs waiting for their route's `delay_ms` at once, over all routes;
+/// beyond this they are dropped and counted, so that a flood into a delayed
+/// route cannot pile up tasks without bound.
+const MAX_DELAYED: usize = 10_000;
 
 pub(super) struct Router {
     pub(super) config: Config,
@@ -64,6 +68,8 @@ pub(super) struct Router {
     pub(super) controls: mpsc::Receiver<Control>,
     pub(super) view: Arc<RwLock<View>>,
     pub(super) shutdown: CancellationToken,
+    /// Outputs waiting for their route's delay.
+    pub(super) delayed: Arc<AtomicUsize>,
 }
 
 impl Router {
@@ -155,7 +161,42 @@ impl Router {
                 }
             }
         }
+        self.drain_at_shutdown();
         self.alive.store(false, Ordering::Relaxed);
+    }
+
+    /// Stop taking input, then send what is queued: routes what reached the
+    /// router before the stop (at most one queue's worth each, so input
+    /// that keeps coming cannot hold the stop up) and sends the values
+    /// waiting in the coalescer. Endpoints that have already closed count
+    /// what they refuse. Outputs waiting for a delay are dropped; each
+    /// counts itself as it sees the stop.
+    fn drain_at_shutdown(&mut self) {
+        let mut routed = 0usize;
+        for _ in 0..self.sc_incoming.max_capacity() {
+            let Ok(incoming) = self.sc_incoming.try_recv() else { break };
+            self.take_socketcluster(incoming);
+            routed += 1;
+        }
+        for _ in 0..self.inbound.max_capacity() {
+            let Ok(message) = self.inbound.try_recv() else { break };
+            self.route(message);
+            routed += 1;
+        }
+        let waiting = self.coalescer.drain();
+        let coalesced = waiting.len();
+        for out in waiting {
+            self.outputs.send(out);
+        }
+        let delayed = self.delayed.load(Ordering::Relaxed);
+        if routed + coalesced + delayed > 0 {
+            tracing::info!(
+                routed,
+                coalesced,
+                dropped_delayed = delayed,
+                "router stopped: sent what was waiting; outputs still in their delay are dropped"
+            );
+        }
     }
 
     async fn apply(&mut self, control: Control) {
@@ -356,6 +397,7 @@ impl Router {
                     tracing::info!(%channel, %data, "publish");
                 } else {
                     bump(&stats.unlisted_channels);
+                    tracing::debug!(%channel, "a publish on a channel no route or subscription uses");
                 }
             }
             Incoming::Event { event, data } => {
@@ -433,6 +475,13 @@ impl Router {
                 Skip::Loop => &route_stats.loops,
                 Skip::BadName => &route_stats.bad_names,
             });
+            if matches!(skip, Skip::BadName) {
+                let count = crate::stats::get(&route_stats.bad_names);
+                if worth_logging(count) {
+                    let route = &table.routes()[id.0].name;
+                    tracing::warn!(%route, name = %message.name, count, "a destination name could not be made from this message: output skipped");
+                }
+            }
         }
         for out in self.out.drain(..) {
             let route_index = out.route.0;
@@ -460,14 +509,41 @@ impl Router {
                 }
             } else if route.delay.is_zero() {
                 self.outputs.send(out);
+            } else if self.delayed.load(Ordering::Relaxed) >= MAX_DELAYED {
+                let route_stats = &self.outputs.routes[route_index];
+                bump(&route_stats.delay_full);
+                let count = crate::stats::get(&route_stats.delay_full);
+                if worth_logging(count) {
+                    tracing::warn!(route = %route.name, count, limit = MAX_DELAYED, "too many outputs waiting for their delay: dropped one");
+                }
             } else {
                 let outputs = self.outputs.clone();
                 let delay = route.delay;
+                let delayed = self.delayed.clone();
+                let shutdown = self.shutdown.clone();
+                delayed.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    outputs.send(out);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => outputs.send(out),
+                        _ = shutdown.cancelled() => bump(&outputs.routes[out.route.0].shutdown_dropped),
+                    }
+                    delayed.fetch_sub(1, Ordering::Relaxed);
                 });
             }
+        }
+    }
+
+    /// A link command found the link's command queue full: a flood of
+    /// control messages. The newest are the ones dropped, and counted.
+    fn link_busy(&self) {
+        let stats = &self.outputs.stats;
+        bump(&stats.controls_dropped);
+        let count = crate::stats::get(&stats.controls_dropped);
+        if worth_logging(count) {
+            tracing::warn!(
+                count,
+                "control: the SocketCluster link is still busy with earlier commands; dropped this one"
+            );
         }
     }
 
@@ -503,13 +579,15 @@ impl Router {
         match control {
             Control::SetActive(active) => {
                 tracing::info!(active, "control: SocketCluster link active");
-                let sc = self.outputs.sc.clone();
-                tokio::spawn(async move { sc.set_active(active).await });
+                if !self.outputs.sc.try_set_active(active) {
+                    self.link_busy();
+                }
             }
             Control::Reset => {
                 tracing::info!("control: SocketCluster link reset");
-                let sc = self.outputs.sc.clone();
-                tokio::spawn(async move { sc.reset().await });
+                if !self.outputs.sc.try_reset() {
+                    self.link_busy();
+                }
             }
             Control::SetRouteEnabled { name, enabled } => match self.table.find(&name) {
                 Some(id) => {

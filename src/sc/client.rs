@@ -134,6 +134,18 @@ impl ScClient {
         self.command(Command::Reset).await
     }
 
+    /// [`set_active`](Self::set_active) without waiting: false when the
+    /// link's command queue is full (or the link task has ended).
+    pub fn try_set_active(&self, active: bool) -> bool {
+        self.commands.try_send(Command::SetActive(active)).is_ok()
+    }
+
+    /// [`reset`](Self::reset) without waiting: false when the link's
+    /// command queue is full (or the link task has ended).
+    pub fn try_reset(&self) -> bool {
+        self.commands.try_send(Command::Reset).is_ok()
+    }
+
     /// Sends what is queued (when connected), closes cleanly and ends the
     /// link task.
     pub async fn shutdown(&self) {
