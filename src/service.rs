@@ -80,7 +80,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), ServiceErro
     tracing::info!(routes = running.table().routes().len(), %status, "scbridge running");
 
     // Half the watchdog period, as systemd recommends.
-    let watchdog = sd_notify::watchdog_enabled().map(|period| period / 2);
+    let watchdog =
+        sd_notify::watchdog_enabled().map(|period| period / 2).filter(|half| !half.is_zero());
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
     loop {

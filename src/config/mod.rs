@@ -101,6 +101,22 @@ impl Problem {
     }
 }
 
+/// The most messages any queue may be set to hold. Each waiting message
+/// holds memory, and a runaway value would otherwise ask the allocator (or
+/// tokio's channel) for more than exists.
+pub const MAX_QUEUE_SIZE: usize = 1_000_000;
+
+/// What is wrong with a queue size, if anything.
+pub(crate) fn queue_size_problem(size: usize) -> Option<&'static str> {
+    if size == 0 {
+        Some("must be at least 1")
+    } else if size > MAX_QUEUE_SIZE {
+        Some("must be at most 1000000")
+    } else {
+        None
+    }
+}
+
 fn problem(key: impl Into<String>, message: impl Into<String>) -> Problem {
     Problem::new(key, message)
 }
@@ -303,12 +319,12 @@ fn validate_sc(sc: &RawSocketCluster) -> Result<ScConfig, Problem> {
         }
     }
     config.queue_size = sc.queue_size.unwrap_or(1000);
-    if config.queue_size == 0 {
-        return Err(problem("socketcluster.queue_size", "must be at least 1"));
+    if let Some(why) = crate::config::queue_size_problem(config.queue_size) {
+        return Err(problem("socketcluster.queue_size", why));
     }
     if let Some(size) = sc.inbound_queue_size {
-        if size == 0 {
-            return Err(problem("socketcluster.inbound_queue_size", "must be at least 1"));
+        if let Some(why) = crate::config::queue_size_problem(size) {
+            return Err(problem("socketcluster.inbound_queue_size", why));
         }
         config.inbound_queue_size = size;
     }
@@ -440,6 +456,26 @@ mod tests {
             "[socketcluster]\nurl = \"ws://h/socketcluster/\"\nauth_token = \"a\"\nauth_token_file = \"/f\"\n",
         );
         assert_eq!(key, "socketcluster.auth_token_file");
+    }
+
+    #[test]
+    fn every_queue_size_is_bounded_and_named_with_its_line() {
+        let sc = "[socketcluster]\nurl = \"ws://h/socketcluster/\"\n";
+        for (table, key, line) in [
+            ("", "socketcluster.queue_size", 3),
+            ("", "socketcluster.inbound_queue_size", 3),
+            ("[osc]\n", "osc.queue_size", 4),
+            ("[mqtt]\nurl = \"mqtt://h\"\n", "mqtt.queue_size", 5),
+        ] {
+            let field = key.rsplit('.').next().unwrap_or_default();
+            for (size, why) in [("0", "at least 1"), ("9223372036854775807", "at most 1000000")] {
+                let (named, at, message) = error_of(&format!("{sc}{table}{field} = {size}\n"));
+                assert_eq!((named.as_str(), at), (key, line), "{message}");
+                assert!(message.contains(why), "{key} = {size}: {message}");
+            }
+            let fine = format!("{sc}{table}{field} = 1000000\n");
+            assert!(Config::from_toml(&fine, "t").is_ok(), "{fine}");
+        }
     }
 
     #[test]

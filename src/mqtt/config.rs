@@ -302,8 +302,8 @@ pub fn validate(raw: &RawMqtt) -> Result<MqttConfig, Problem> {
     }
 
     let queue_size = raw.queue_size.unwrap_or(1000);
-    if queue_size == 0 {
-        return Err(problem("queue_size", "must be at least 1"));
+    if let Some(why) = crate::config::queue_size_problem(queue_size) {
+        return Err(problem("queue_size", why));
     }
     let max_packet_bytes = raw.max_packet_bytes.unwrap_or(256 * 1024);
     if !(128..=MQTT_MAX_PACKET_BYTES).contains(&max_packet_bytes) {

@@ -197,8 +197,8 @@ pub fn validate(raw: &RawOsc) -> Result<OscConfig, Problem> {
         config.receive_buffer_bytes = bytes;
     }
     if let Some(size) = raw.queue_size {
-        if size == 0 {
-            return Err(Problem::new("osc.queue_size", "must be at least 1"));
+        if let Some(why) = crate::config::queue_size_problem(size) {
+            return Err(Problem::new("osc.queue_size", why));
         }
         config.queue_size = size;
     }
