@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use crate::route::Outbound;
 
-/// Names tracked before idle ones are forgotten.
+/// Names tracked at most; idle ones are forgotten first.
 const TRACKED_NAMES: usize = 10_000;
+/// How often, at most, a full table is swept for idle names: a sweep walks
+/// every name, and a flood of new names must not pay for one each.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// What happened to an output offered to the coalescer.
 pub(super) enum Offer {
@@ -29,6 +32,10 @@ pub(super) struct Coalescer {
     slots: HashMap<OutputKey, Slot>,
     /// Due times of waiting values, earliest first.
     due: std::collections::BinaryHeap<std::cmp::Reverse<(tokio::time::Instant, OutputKey)>>,
+    /// When the table was last swept for idle names.
+    swept_at: Option<tokio::time::Instant>,
+    /// New names sent without a rate limit because the table was full.
+    untracked: u64,
 }
 
 struct Slot {
@@ -63,13 +70,34 @@ impl Coalescer {
             }
             None => {
                 if self.slots.len() >= TRACKED_NAMES {
-                    // Too many distinct names to track: forget the idle ones.
-                    self.slots.retain(|_, slot| slot.next > now || slot.waiting.is_some());
+                    self.forget_idle(now);
+                }
+                if self.slots.len() >= TRACKED_NAMES {
+                    // Every tracked name is within its interval. The new one
+                    // goes out, unlimited, rather than growing the table.
+                    self.untracked += 1;
+                    if crate::stats::worth_logging(self.untracked) {
+                        tracing::warn!(
+                            tracked = TRACKED_NAMES,
+                            count = self.untracked,
+                            "max_rate: too many distinct names at once; a new one went out unlimited"
+                        );
+                    }
+                    return Offer::SendNow(out);
                 }
                 self.slots.insert(key, Slot { next: now + interval, interval, waiting: None });
                 Offer::SendNow(out)
             }
         }
+    }
+
+    /// Forgets the names whose interval has passed with nothing waiting.
+    fn forget_idle(&mut self, now: tokio::time::Instant) {
+        if self.swept_at.is_some_and(|at| now < at + SWEEP_EVERY) {
+            return;
+        }
+        self.swept_at = Some(now);
+        self.slots.retain(|_, slot| slot.next > now || slot.waiting.is_some());
     }
 
     pub(super) fn next_due(&self) -> Option<tokio::time::Instant> {
@@ -131,5 +159,29 @@ mod tests {
         assert_eq!(due, vec![output("/a", 3.0)]);
         assert!(matches!(c.offer(output("/a", 4.0), every, start + every), Offer::Waiting));
         assert_eq!(c.drain(), vec![output("/a", 4.0)]);
+    }
+
+    #[test]
+    fn a_flood_of_new_names_cannot_grow_the_table_past_its_bound() {
+        let mut c = Coalescer::default();
+        let start = tokio::time::Instant::now();
+        let every = Duration::from_secs(1);
+        for n in 0..TRACKED_NAMES {
+            assert!(matches!(
+                c.offer(output(&format!("/n{n}"), 0.0), every, start),
+                Offer::SendNow(_)
+            ));
+        }
+        assert!(
+            matches!(c.offer(output("/one-more", 1.0), every, start), Offer::SendNow(_)),
+            "a name beyond the bound still goes out"
+        );
+        assert_eq!(c.slots.len(), TRACKED_NAMES);
+        assert_eq!(c.untracked, 1);
+        // Once the intervals have passed, idle names make room again.
+        let later = start + every + SWEEP_EVERY;
+        assert!(matches!(c.offer(output("/fresh", 2.0), every, later), Offer::SendNow(_)));
+        assert_eq!(c.slots.len(), 1);
+        assert!(matches!(c.offer(output("/fresh", 3.0), every, later), Offer::Waiting));
     }
 }
