@@ -424,21 +424,29 @@ impl Connection {
             Message::Text(text) => {
                 if text.len() > self.config.max_frame_bytes {
                     ScStats::bump(&self.stats.oversized_frames);
-                    tracing::warn!(
-                        bytes = text.len(),
-                        limit = self.config.max_frame_bytes,
-                        "skipped an oversized SocketCluster frame"
-                    );
+                    let count = ScStats::get(&self.stats.oversized_frames);
+                    if crate::stats::worth_logging(count) {
+                        tracing::warn!(
+                            bytes = text.len(),
+                            limit = self.config.max_frame_bytes,
+                            count,
+                            "skipped an oversized SocketCluster frame"
+                        );
+                    }
                 } else {
                     self.session.on_text(text.as_str(), out);
                 }
             }
             Message::Binary(bytes) => {
                 ScStats::bump(&self.stats.binary_frames);
-                tracing::warn!(
-                    bytes = bytes.len(),
-                    "skipped a binary frame (SocketCluster uses text frames)"
-                );
+                let count = ScStats::get(&self.stats.binary_frames);
+                if crate::stats::worth_logging(count) {
+                    tracing::warn!(
+                        bytes = bytes.len(),
+                        count,
+                        "skipped a binary frame (SocketCluster uses text frames)"
+                    );
+                }
             }
             Message::Close(frame) => {
                 let (code, reason) = match frame {

@@ -258,7 +258,10 @@ impl Session {
                         Ok(packet) => self.on_packet(packet, out),
                         Err(err) => {
                             ScStats::bump(&self.stats.malformed_frames);
-                            tracing::warn!(error = %err, "skipped a malformed SocketCluster frame");
+                            let count = ScStats::get(&self.stats.malformed_frames);
+                            if crate::stats::worth_logging(count) {
+                                tracing::warn!(error = %err, count, "skipped a malformed SocketCluster frame");
+                            }
                         }
                     }
                 }
