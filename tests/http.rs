@@ -294,6 +294,8 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
         .await
         .expect("the request is sent");
     let mut response = Vec::new();
+    // Absence: no answer while every slot is held. A bounded window is the
+    // only way to observe that nothing comes.
     let early = timeout(Duration::from_millis(300), waiting.read_to_end(&mut response)).await;
     assert!(early.is_err(), "answered while every slot was taken: {response:?}");
 

@@ -102,7 +102,8 @@ to = [{{ sc_channel = "{CHANNEL}" }}]
             status = daemon.child.wait() => Some(status),
         };
         if let Some(status) = exited {
-            // Let the reader take in the last words.
+            // The failure path only: give the log reader a moment to take in
+            // the last words for the panic message below.
             sleep(Duration::from_millis(200)).await;
             panic!("{client_id} exited ({status:?}) before it was online:\n{}", daemon.log());
         }
