@@ -397,25 +397,29 @@ to = [{ sc_event = "note" }, { sc_channel = "notes" }]
     running.stop().await;
 }
 
+/// A route from the OSC address `/fader` to the SocketCluster channel
+/// `fader`, at most `per_second` values a second.
+fn fader_route(per_second: u32) -> String {
+    format!(
+        "\n[[route]]\nname = \"fader\"\nfrom = {{ osc = \"/fader\" }}\nto = [{{ sc_channel = \"fader\" }}]\nmax_rate = {per_second}\n"
+    )
+}
+
+/// Sends `/fader 0` … `/fader {count - 1}` to the bridge's OSC port.
+async fn move_fader(running: &Running, count: i32) {
+    for n in 0..count {
+        send_osc(osc_port(running), "/fader", vec![OscType::Int(n)]).await;
+    }
+}
+
 /// `max_rate` coalesces a fast value stream per name: fewer messages reach
 /// the SocketCluster server, every output is either sent or counted as
 /// replaced, and the latest value always arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_route_coalesces_and_always_delivers_the_latest_value() {
-    let (server, _td, running) = bridge_with(
-        r#"
-[[route]]
-name = "fader"
-from = { osc = "/fader" }
-to = [{ sc_channel = "fader" }]
-max_rate = 20
-"#,
-    )
-    .await;
+    let (server, _td, running) = bridge_with(&fader_route(20)).await;
     let socket_id = server.socket_ids().await.pop().expect("the bridge's socket");
-    for n in 0..50 {
-        send_osc(osc_port(&running), "/fader", vec![OscType::Int(n)]).await;
-    }
+    move_fader(&running, 50).await;
     server.next_line_matching(|l| l == format!("PUBLISH {socket_id} fader 49"), WAIT).await;
     let route = &running.routes()[0];
     wait_until(|| get(&route.matched) == 50, WAIT, "all fifty routed").await;
@@ -430,26 +434,16 @@ max_rate = 20
 /// an output waiting for its `delay_ms` is dropped and counted as such.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_stop_waiting_values_are_sent_and_delayed_outputs_are_counted() {
-    let (server, _td, running) = bridge_with(
-        r#"
-[[route]]
-name = "fader"
-from = { osc = "/fader" }
-to = [{ sc_channel = "fader" }]
-max_rate = 1
-
+    let delayed = r#"
 [[route]]
 name = "later"
 from = { osc = "/later" }
 to = [{ sc_channel = "later" }]
 delay_ms = 60000
-"#,
-    )
-    .await;
+"#;
+    let (server, _td, running) = bridge_with(&format!("{}{delayed}", fader_route(1))).await;
     let socket_id = server.socket_ids().await.pop().expect("the bridge's socket");
-    for n in 0..2 {
-        send_osc(osc_port(&running), "/fader", vec![OscType::Int(n)]).await;
-    }
+    move_fader(&running, 2).await;
     send_osc(osc_port(&running), "/later", vec![OscType::Int(7)]).await;
     server.next_line_matching(|l| l == format!("PUBLISH {socket_id} fader 0"), WAIT).await;
     let routes = running.routes();
