@@ -40,6 +40,13 @@ pub fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Adds one to a counter; returns the new count when it is worth a log
+/// line ([`worth_logging`]). The one way drops are counted and said.
+pub fn bump_loggable(counter: &std::sync::atomic::AtomicU64) -> Option<u64> {
+    let count = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    worth_logging(count).then_some(count)
+}
+
 /// True for the counts worth a log line when something keeps failing: the
 /// first, then powers of two, then every thousandth. Keeps a flood of bad
 /// input from flooding the journal too, while the counter stays exact.

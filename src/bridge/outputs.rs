@@ -16,7 +16,7 @@ use crate::mqtt::{MqttHandle, MqttOut};
 use crate::osc::{OscHandle, OscOut};
 use crate::route::{Outbound, Target};
 use crate::sc::{InvokeError, ScClient};
-use crate::stats::{bump, worth_logging};
+use crate::stats::bump;
 
 /// How long our own publish on a plain SocketCluster channel is expected back.
 const ECHO_WINDOW: Duration = Duration::from_secs(5);
@@ -103,9 +103,7 @@ impl Outputs {
             Target::CablesObject | Target::CablesTrigger { .. } => {
                 let Some(cables) = &self.cables else { return no_link(stats, "cables") };
                 if !cables.can_send.load(Ordering::Relaxed) {
-                    bump(&stats.not_allowed);
-                    let count = crate::stats::get(&stats.not_allowed);
-                    if worth_logging(count) {
+                    if let Some(count) = crate::stats::bump_loggable(&stats.not_allowed) {
                         tracing::info!(
                             count,
                             "cables: not sending (Allow Send off, or another sender took over)"
@@ -156,9 +154,7 @@ impl Outputs {
         if delivered {
             bump(&stats.sent);
         } else {
-            bump(&stats.queue_full);
-            let count = crate::stats::get(&stats.queue_full);
-            if worth_logging(count) {
+            if let Some(count) = crate::stats::bump_loggable(&stats.queue_full) {
                 tracing::warn!(count, "an endpoint queue is full: dropped an output");
             }
         }
@@ -168,9 +164,7 @@ impl Outputs {
 /// An output for a link that is not configured (a reload removed it while
 /// a value waited for its delay or its turn): counted and said.
 fn no_link(stats: &RouteStats, link: &'static str) {
-    bump(&stats.no_link);
-    let count = crate::stats::get(&stats.no_link);
-    if worth_logging(count) {
+    if let Some(count) = crate::stats::bump_loggable(&stats.no_link) {
         tracing::warn!(link, count, "an output for a link that is not configured: dropped");
     }
 }

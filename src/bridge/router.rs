@@ -25,7 +25,7 @@ use crate::osc::mapping::OscOutOptions;
 use crate::osc::{OscHandle, OscOut};
 use crate::route::{Outbound, RouteId, RoutingTable, Skip};
 use crate::sc::{Incoming, LinkState, ScClient};
-use crate::stats::{bump, worth_logging};
+use crate::stats::bump;
 
 /// How many waiting messages the router takes in one turn before it looks
 /// at its other inputs again.
@@ -377,9 +377,9 @@ impl Router {
                             return;
                         }
                         Received::Malformed(why) => {
-                            bump(&stats.malformed_envelopes);
-                            let count = crate::stats::get(&stats.malformed_envelopes);
-                            if worth_logging(count) {
+                            if let Some(count) =
+                                crate::stats::bump_loggable(&stats.malformed_envelopes)
+                            {
                                 tracing::warn!(%channel, why, count, "skipped a malformed cables envelope");
                             }
                             return;
@@ -453,9 +453,7 @@ impl Router {
             &mut self.skipped,
         );
         if self.out.is_empty() && self.skipped.is_empty() {
-            bump(&stats.unrouted);
-            let count = crate::stats::get(&stats.unrouted);
-            if worth_logging(count) {
+            if let Some(count) = crate::stats::bump_loggable(&stats.unrouted) {
                 tracing::debug!(source = message.source.key(), name = %message.name, count, "no route for a message");
             }
             return;
@@ -470,16 +468,14 @@ impl Router {
                 bump(&route_stats.matched);
                 counted = Some(id);
             }
-            bump(match skip {
-                Skip::Disabled => &route_stats.disabled,
-                Skip::Loop => &route_stats.loops,
-                Skip::BadName => &route_stats.bad_names,
-            });
-            if matches!(skip, Skip::BadName) {
-                let count = crate::stats::get(&route_stats.bad_names);
-                if worth_logging(count) {
-                    let route = &table.routes()[id.0].name;
-                    tracing::warn!(%route, name = %message.name, count, "a destination name could not be made from this message: output skipped");
+            match skip {
+                Skip::Disabled => bump(&route_stats.disabled),
+                Skip::Loop => bump(&route_stats.loops),
+                Skip::BadName => {
+                    if let Some(count) = crate::stats::bump_loggable(&route_stats.bad_names) {
+                        let route = &table.routes()[id.0].name;
+                        tracing::warn!(%route, name = %message.name, count, "a destination name could not be made from this message: output skipped");
+                    }
                 }
             }
         }
@@ -511,9 +507,7 @@ impl Router {
                 self.outputs.send(out);
             } else if self.delayed.load(Ordering::Relaxed) >= MAX_DELAYED {
                 let route_stats = &self.outputs.routes[route_index];
-                bump(&route_stats.delay_full);
-                let count = crate::stats::get(&route_stats.delay_full);
-                if worth_logging(count) {
+                if let Some(count) = crate::stats::bump_loggable(&route_stats.delay_full) {
                     tracing::warn!(route = %route.name, count, limit = MAX_DELAYED, "too many outputs waiting for their delay: dropped one");
                 }
             } else {
@@ -537,9 +531,7 @@ impl Router {
     /// control messages. The newest are the ones dropped, and counted.
     fn link_busy(&self) {
         let stats = &self.outputs.stats;
-        bump(&stats.controls_dropped);
-        let count = crate::stats::get(&stats.controls_dropped);
-        if worth_logging(count) {
+        if let Some(count) = crate::stats::bump_loggable(&stats.controls_dropped) {
             tracing::warn!(
                 count,
                 "control: the SocketCluster link is still busy with earlier commands; dropped this one"

@@ -319,11 +319,11 @@ fn validate_sc(sc: &RawSocketCluster) -> Result<ScConfig, Problem> {
         }
     }
     config.queue_size = sc.queue_size.unwrap_or(1000);
-    if let Some(why) = crate::config::queue_size_problem(config.queue_size) {
+    if let Some(why) = queue_size_problem(config.queue_size) {
         return Err(problem("socketcluster.queue_size", why));
     }
     if let Some(size) = sc.inbound_queue_size {
-        if let Some(why) = crate::config::queue_size_problem(size) {
+        if let Some(why) = queue_size_problem(size) {
             return Err(problem("socketcluster.inbound_queue_size", why));
         }
         config.inbound_queue_size = size;

@@ -24,7 +24,6 @@ mod task;
 mod tls;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -244,13 +243,6 @@ impl MqttHandle {
         // guards against a runtime that is itself going away.
         let _ = tokio::time::timeout(Duration::from_millis(500), tokens.finished.cancelled()).await;
     }
-}
-
-/// Bumps a counter; returns the new count when it is worth a log line.
-fn count(counter: &AtomicU64) -> Option<u64> {
-    crate::stats::bump(counter);
-    let count = crate::stats::get(counter);
-    crate::stats::worth_logging(count).then_some(count)
 }
 
 #[cfg(test)]

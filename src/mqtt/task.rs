@@ -23,8 +23,7 @@ use super::config::{MQTT_MAX_PACKET_BYTES, MqttConfig, MqttProtocol, Password, v
 use super::outbox::{Outbox, Submitted};
 use super::protocol::{self, Client, Connection, Event, IncomingPublish, Queued, Setup};
 use super::{
-    MqttError, MqttLinkState, MqttOut, MqttStats, OFFLINE, ONLINE, QoS, Subscription, count,
-    payload,
+    MqttError, MqttLinkState, MqttOut, MqttStats, OFFLINE, ONLINE, QoS, Subscription, payload,
 };
 use crate::message::{Message, SourceKind};
 use crate::sc::backoff::{Backoff, ReconnectPolicy};
@@ -185,7 +184,7 @@ impl Shared {
     /// Encodes a message from the router and publishes or queues it.
     fn submit(&self, out: MqttOut) {
         if !super::config::valid_topic(&out.topic) {
-            if let Some(count) = count(&self.stats.publish_errors) {
+            if let Some(count) = crate::stats::bump_loggable(&self.stats.publish_errors) {
                 tracing::warn!(count, topic = %out.topic, "MQTT message to an invalid topic dropped");
             }
             return;
@@ -193,7 +192,7 @@ impl Shared {
         let payload = payload::encode(&out.body, out.format);
         let size = packet_size(&out.topic, &payload);
         if size > self.max_packet_bytes {
-            if let Some(count) = count(&self.stats.oversized_out) {
+            if let Some(count) = crate::stats::bump_loggable(&self.stats.oversized_out) {
                 tracing::warn!(
                     count,
                     topic = %out.topic,
@@ -259,7 +258,7 @@ impl Shared {
 
     fn overflowed(&self, dropped: usize) {
         for _ in 0..dropped {
-            if let Some(count) = count(&self.stats.offline_queue_overflow) {
+            if let Some(count) = crate::stats::bump_loggable(&self.stats.offline_queue_overflow) {
                 tracing::warn!(count, "MQTT offline queue full: oldest message dropped");
             }
         }
@@ -267,7 +266,7 @@ impl Shared {
 
     fn lost(&self, lost: usize) {
         for _ in 0..lost {
-            if let Some(count) = count(&self.stats.publish_errors) {
+            if let Some(count) = crate::stats::bump_loggable(&self.stats.publish_errors) {
                 tracing::warn!(count, "MQTT client refused a publish without giving it back");
             }
         }
@@ -424,7 +423,7 @@ impl Driver {
         let payload = publish.payload();
         let size = packet_size(&topic, payload);
         if size > self.shared.max_packet_bytes {
-            if let Some(count) = count(&stats.oversized_in) {
+            if let Some(count) = crate::stats::bump_loggable(&stats.oversized_in) {
                 tracing::warn!(
                     count,
                     %topic,
@@ -444,7 +443,7 @@ impl Driver {
         match self.inbound.try_send(message) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(message)) => {
-                if let Some(count) = count(&stats.inbound_queue_full) {
+                if let Some(count) = crate::stats::bump_loggable(&stats.inbound_queue_full) {
                     tracing::warn!(count, topic = %message.name, "inbound queue full: MQTT message dropped");
                 }
             }
@@ -474,7 +473,8 @@ impl Driver {
         let retry_in = self.backoff.next_delay();
         if was_connected {
             tracing::warn!(broker = %self.broker, %reason, ?retry_in, "MQTT connection lost");
-        } else if let Some(count) = count(&self.shared.stats.connect_failures) {
+        } else if let Some(count) = crate::stats::bump_loggable(&self.shared.stats.connect_failures)
+        {
             tracing::warn!(broker = %self.broker, %reason, ?retry_in, count, "MQTT connection failed");
         }
         self.link.send_replace(MqttLinkState::Disconnected { reason, retry_in });

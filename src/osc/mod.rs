@@ -17,7 +17,6 @@ mod send;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use rosc::OscPacket;
@@ -182,8 +181,9 @@ impl OscHandle {
         match self.inner.queue.try_send(out) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(out)) => {
-                let count = count(&self.inner.stats.outbound_queue_full);
-                if worth_logging(count) {
+                if let Some(count) =
+                    crate::stats::bump_loggable(&self.inner.stats.outbound_queue_full)
+                {
                     tracing::warn!(count, "OSC send queue full; message dropped");
                 }
                 Err(out)
@@ -212,12 +212,6 @@ impl OscHandle {
     pub async fn stopped(&self) {
         self.inner.tasks.wait().await;
     }
-}
-
-/// Adds one and returns the new count, for rate-limited logs.
-fn count(counter: &AtomicU64) -> u64 {
-    bump(counter);
-    crate::stats::get(counter)
 }
 
 /// Recognises datagrams sent by our own send socket.
@@ -331,8 +325,7 @@ impl Listener {
             bump(&self.stats.packets_in);
             if !self.allow_from.is_empty() && !self.allow_from.iter().any(|n| n.contains(from.ip()))
             {
-                let count = count(&self.stats.not_allowed);
-                if worth_logging(count) {
+                if let Some(count) = crate::stats::bump_loggable(&self.stats.not_allowed) {
                     tracing::warn!(listen = %self.addr, %from, count, "OSC from a sender outside allow_from; dropped");
                 }
                 continue;
@@ -343,8 +336,7 @@ impl Listener {
                 continue;
             }
             if len > self.max_packet_bytes {
-                let count = count(&self.stats.oversized_packets);
-                if worth_logging(count) {
+                if let Some(count) = crate::stats::bump_loggable(&self.stats.oversized_packets) {
                     tracing::warn!(
                         listen = %self.addr, %from, bytes = len,
                         limit = self.max_packet_bytes, count,
@@ -356,8 +348,7 @@ impl Listener {
             let packet = match packet::decode(&buf[..len]) {
                 Ok(packet) => packet,
                 Err(err) => {
-                    let count = count(&self.stats.decode_errors);
-                    if worth_logging(count) {
+                    if let Some(count) = crate::stats::bump_loggable(&self.stats.decode_errors) {
                         tracing::warn!(
                             listen = %self.addr, %from, %err, count,
                             "not an OSC packet; dropped"
@@ -373,8 +364,9 @@ impl Listener {
                 match self.inbound.try_send(message) {
                     Ok(()) => {}
                     Err(TrySendError::Full(dropped)) => {
-                        let count = count(&self.stats.inbound_queue_full);
-                        if worth_logging(count) {
+                        if let Some(count) =
+                            crate::stats::bump_loggable(&self.stats.inbound_queue_full)
+                        {
                             tracing::warn!(
                                 listen = %self.addr, address = %dropped.name, count,
                                 "inbound queue full; OSC message dropped"
@@ -423,8 +415,7 @@ impl Sender {
                 .send(&self.socket, |datagram, result| match result {
                     Ok(()) => bump(&stats.messages_out),
                     Err(err) => {
-                        let count = count(&stats.send_errors);
-                        if worth_logging(count) {
+                        if let Some(count) = crate::stats::bump_loggable(&stats.send_errors) {
                             let name = targets.get(datagram.target).map_or("?", |t| &t.name);
                             tracing::warn!(
                                 osc_target = %name, address = %datagram.to, %err, count,
@@ -441,8 +432,7 @@ impl Sender {
     /// cannot be mapped or encoded is counted and dropped.
     fn encode(&self, out: OscOut, batch: &mut Batch) {
         let Some(target) = self.targets.get(out.target) else {
-            let count = count(&self.stats.map_errors);
-            if worth_logging(count) {
+            if let Some(count) = crate::stats::bump_loggable(&self.stats.map_errors) {
                 tracing::warn!(
                     index = out.target, address = %out.address, count,
                     "no such OSC target; message dropped"
@@ -453,8 +443,7 @@ impl Sender {
         let messages = match to_osc(&out.address, &out.body, &out.options) {
             Ok(messages) => messages,
             Err(err) => {
-                let count = count(&self.stats.map_errors);
-                if worth_logging(count) {
+                if let Some(count) = crate::stats::bump_loggable(&self.stats.map_errors) {
                     tracing::warn!(
                         osc_target = %target.name, %err, count,
                         "cannot map to OSC; message dropped"

@@ -423,9 +423,7 @@ impl Connection {
         match message {
             Message::Text(text) => {
                 if text.len() > self.config.max_frame_bytes {
-                    ScStats::bump(&self.stats.oversized_frames);
-                    let count = ScStats::get(&self.stats.oversized_frames);
-                    if crate::stats::worth_logging(count) {
+                    if let Some(count) = crate::stats::bump_loggable(&self.stats.oversized_frames) {
                         tracing::warn!(
                             bytes = text.len(),
                             limit = self.config.max_frame_bytes,
@@ -438,9 +436,7 @@ impl Connection {
                 }
             }
             Message::Binary(bytes) => {
-                ScStats::bump(&self.stats.binary_frames);
-                let count = ScStats::get(&self.stats.binary_frames);
-                if crate::stats::worth_logging(count) {
+                if let Some(count) = crate::stats::bump_loggable(&self.stats.binary_frames) {
                     tracing::warn!(
                         bytes = bytes.len(),
                         count,
@@ -469,9 +465,7 @@ impl Connection {
         match self.incoming.try_send(message) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                ScStats::bump(&self.stats.inbound_queue_full);
-                let dropped = ScStats::get(&self.stats.inbound_queue_full);
-                if crate::stats::worth_logging(dropped) {
+                if let Some(dropped) = crate::stats::bump_loggable(&self.stats.inbound_queue_full) {
                     tracing::warn!(
                         dropped,
                         "consumer too slow: dropped incoming SocketCluster messages"

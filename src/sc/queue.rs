@@ -74,9 +74,7 @@ impl OutboundQueue {
     }
 
     fn overflowed(&self, dropped: Outgoing, stats: &ScStats) {
-        ScStats::bump(&stats.queue_overflow);
-        let count = ScStats::get(&stats.queue_overflow);
-        if crate::stats::worth_logging(count) {
+        if let Some(count) = crate::stats::bump_loggable(&stats.queue_overflow) {
             tracing::warn!(
                 capacity = self.capacity,
                 dropped = count,

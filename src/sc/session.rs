@@ -257,9 +257,9 @@ impl Session {
                     match packet {
                         Ok(packet) => self.on_packet(packet, out),
                         Err(err) => {
-                            ScStats::bump(&self.stats.malformed_frames);
-                            let count = ScStats::get(&self.stats.malformed_frames);
-                            if crate::stats::worth_logging(count) {
+                            if let Some(count) =
+                                crate::stats::bump_loggable(&self.stats.malformed_frames)
+                            {
                                 tracing::warn!(error = %err, count, "skipped a malformed SocketCluster frame");
                             }
                         }
