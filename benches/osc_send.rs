@@ -108,7 +108,7 @@ async fn endpoint(to: SocketAddr, count: u64, feed: Feed) -> f64 {
         };
         // A full queue is drained by the sender task once this one yields.
         while let Err(back) = osc.send(out) {
-            out = back;
+            out = back.into_inner();
             tokio::task::yield_now().await;
         }
         if let Feed::OneByOne = feed {

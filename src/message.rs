@@ -62,3 +62,20 @@ impl Message {
         Message { source, name: name.into(), body: Body::Trigger }
     }
 }
+
+/// Why an endpoint did not take an outgoing message; the message comes back.
+#[derive(Debug)]
+pub enum Refused<T> {
+    /// The endpoint's bounded queue is full: a loss under load.
+    Full(T),
+    /// The endpoint has begun to shut down: a loss at the stop.
+    ShuttingDown(T),
+}
+
+impl<T> Refused<T> {
+    pub fn into_inner(self) -> T {
+        match self {
+            Refused::Full(message) | Refused::ShuttingDown(message) => message,
+        }
+    }
+}

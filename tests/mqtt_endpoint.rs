@@ -6,7 +6,7 @@ mod support;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use scbridge::message::{Body, Message, SourceKind};
+use scbridge::message::{Body, Message, Refused, SourceKind};
 use scbridge::mqtt::{
     MqttConfig, MqttEndpoint, MqttHandle, MqttLinkState, MqttOut, MqttProtocol, MqttStats,
     PayloadFormat, QoS, Subscription,
@@ -73,24 +73,18 @@ impl Bridge {
         self.state(|s| matches!(s, MqttLinkState::Disconnected { .. })).await
     }
 
-    async fn send(&self, topic: &str, body: Body, retain: bool) {
-        let mut out = MqttOut {
+    fn send(&self, topic: &str, body: Body, retain: bool) {
+        let out = MqttOut {
             topic: topic.into(),
             body,
             qos: QoS::AtLeastOnce,
             retain,
             format: PayloadFormat::Auto,
         };
-        // The outbound channel is as small as the queue; a full one hands
-        // the message back, so give the endpoint a moment and try again.
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match self.handle.send(out) {
-                Ok(()) => return,
-                Err(back) if Instant::now() < deadline => out = back,
-                Err(back) => panic!("the endpoint never took {back:?}"),
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        // A running endpoint takes everything: when its queue is full it
+        // drops its oldest message, not this one.
+        if let Err(refused) = self.handle.send(out) {
+            panic!("a running endpoint refused {refused:?}");
         }
     }
 
@@ -136,13 +130,13 @@ async fn outgoing_payloads(protocol: MqttProtocol) {
     bridge.connected().await;
     let mut watcher = mosquitto::subscribe(broker.port(), "out/#").await;
 
-    bridge.send("out/state", Body::Value(json!({"a": 1, "b": [true, null]})), true).await;
-    bridge.send("out/level", Body::Value(json!(12.5)), false).await;
-    bridge.send("out/name", Body::Value(json!("hello world")), false).await;
-    bridge.send("out/enabled", Body::Value(json!(true)), false).await;
+    bridge.send("out/state", Body::Value(json!({"a": 1, "b": [true, null]})), true);
+    bridge.send("out/level", Body::Value(json!(12.5)), false);
+    bridge.send("out/name", Body::Value(json!("hello world")), false);
+    bridge.send("out/enabled", Body::Value(json!(true)), false);
     // A trigger route that wants the name on the wire hands it as a string.
-    bridge.send("out/fired", Body::Value(json!("fired")), false).await;
-    bridge.send("out/pulse", Body::Trigger, false).await;
+    bridge.send("out/fired", Body::Value(json!("fired")), false);
+    bridge.send("out/pulse", Body::Trigger, false);
 
     assert_eq!(
         watcher.next_message(WAIT).await,
@@ -241,7 +235,7 @@ async fn clean_shutdown(protocol: MqttProtocol) {
     let mut watcher = mosquitto::subscribe(broker.port(), "#").await;
     assert_eq!(watcher.next_message(WAIT).await, received(&bridge.availability, "online", true));
 
-    bridge.send("out/last", Body::Value(json!("bye")), false).await;
+    bridge.send("out/last", Body::Value(json!("bye")), false);
     let started = Instant::now();
     bridge.handle.shutdown().await;
     assert!(started.elapsed() < Duration::from_secs(2), "shutdown took {:?}", started.elapsed());
@@ -258,7 +252,10 @@ async fn clean_shutdown(protocol: MqttProtocol) {
         retain: false,
         format: PayloadFormat::Auto,
     };
-    assert!(bridge.handle.send(after).is_err(), "a stopped endpoint takes nothing");
+    assert!(
+        matches!(bridge.handle.send(after), Err(Refused::ShuttingDown(_))),
+        "a stopped endpoint takes nothing"
+    );
 }
 
 /// `shutdown()` sends what was already handed over, then a retained
@@ -284,7 +281,7 @@ async fn broker_restart(protocol: MqttProtocol) {
     broker.kill().await;
     bridge.disconnected().await;
     for n in 0..8 {
-        bridge.send(&format!("q/{n}"), Body::Value(json!(n)), true).await;
+        bridge.send(&format!("q/{n}"), Body::Value(json!(n)), true);
     }
     bridge.stat_reaches(|s| &s.offline_queue_overflow, 3).await;
 
@@ -295,7 +292,7 @@ async fn broker_restart(protocol: MqttProtocol) {
     // Retained, so a subscriber arriving after the flush still sees them;
     // the marker sent after them shows nothing else is coming.
     let mut watcher = mosquitto::subscribe(broker.port(), "q/#").await;
-    bridge.send("q/end", Body::Value(json!("end")), false).await;
+    bridge.send("q/end", Body::Value(json!("end")), false);
     let mut delivered = Vec::new();
     loop {
         let message = watcher.next_message(WAIT).await;
@@ -363,7 +360,7 @@ async fn own_publishes_do_not_come_back_but_other_clients_do_over_3_1_1() {
     let mut bridge = Bridge::start(config(&broker, MqttProtocol::V311, "echo"), &["t/#"]);
     bridge.connected().await;
 
-    bridge.send("t/x", Body::Value(json!("mine")), false).await;
+    bridge.send("t/x", Body::Value(json!("mine")), false);
     bridge.stat_reaches(|s| &s.own_echoes, 1).await;
     mosquitto::publish(broker.port(), "t/x", "theirs", 1, false).await;
     assert_eq!(bridge.next_inbound().await, mqtt("t/x", json!("theirs")));
@@ -382,7 +379,7 @@ async fn own_publishes_are_not_sent_back_thanks_to_no_local_over_5() {
     bridge.connected().await;
     let mut watcher = mosquitto::subscribe(broker.port(), "t/#").await;
 
-    bridge.send("t/x", Body::Value(json!("mine")), false).await;
+    bridge.send("t/x", Body::Value(json!("mine")), false);
     // Once another subscriber has it, the broker has routed it to everyone.
     assert_eq!(watcher.next_message(WAIT).await, received("t/x", "mine", false));
     mosquitto::publish(broker.port(), "t/x", "theirs", 1, false).await;
@@ -415,8 +412,8 @@ async fn odd_payloads(protocol: MqttProtocol) {
 
     // Too large to send: counted and skipped, and the connection stays up.
     let mut watcher = mosquitto::subscribe(broker.port(), "out/#").await;
-    bridge.send("out/big", Body::Value(json!("y".repeat(4096))), false).await;
-    bridge.send("out/small", Body::Value(json!("fits")), false).await;
+    bridge.send("out/big", Body::Value(json!("y".repeat(4096))), false);
+    bridge.send("out/small", Body::Value(json!("fits")), false);
     assert_eq!(watcher.next_message(WAIT).await, received("out/small", "fits", false));
     assert_eq!(bridge.stat(|s| &s.oversized_out), 1);
     assert_eq!(bridge.stat(|s| &s.connections), 1);
@@ -456,7 +453,7 @@ async fn tls_with_the_brokers_ca_verifies_connects_and_carries_messages() {
     bridge.connected().await;
 
     let mut watcher = mosquitto::subscribe(broker.port(), "out/#").await;
-    bridge.send("out/secure", Body::Value(json!("yes")), false).await;
+    bridge.send("out/secure", Body::Value(json!("yes")), false);
     assert_eq!(watcher.next_message(WAIT).await, received("out/secure", "yes", false));
     mosquitto::publish(broker.port(), "in/secure", "1", 1, false).await;
     assert_eq!(bridge.next_inbound().await, mqtt("in/secure", json!(1)));

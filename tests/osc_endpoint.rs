@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use rosc::{OscBundle, OscMessage, OscPacket, OscTime, OscType};
-use scbridge::message::{Body, Message, SourceKind};
+use scbridge::message::{Body, Message, Refused, SourceKind};
 use scbridge::osc::{
     NumberType, OscConfig, OscEndpoint, OscHandle, OscOut, OscOutOptions, OscTarget, TriggerStyle,
 };
@@ -362,7 +362,10 @@ async fn a_full_send_queue_hands_the_message_back_and_counts_it() {
     // sender task cannot drain the queue in between.
     running.handle.send(out(0, "/first", json!(1), OscOutOptions::default())).expect("queued");
     let refused = running.handle.send(out(0, "/second", json!(2), OscOutOptions::default()));
-    assert_eq!(refused.expect_err("the queue is full").address, "/second");
+    match refused {
+        Err(Refused::Full(back)) => assert_eq!(back.address, "/second"),
+        other => panic!("expected the full queue to hand /second back, got {other:?}"),
+    }
     assert_eq!(get(&running.handle.stats().outbound_queue_full), 1);
     assert_eq!(next_osc(&receiver).await.addr, "/first");
 }
@@ -441,7 +444,11 @@ async fn the_tasks_end_when_shutdown_is_cancelled() {
     let running = start(config, 8).await;
     running.shutdown.cancel();
     timeout(WAIT, running.handle.stopped()).await.expect("the tasks end in time");
-    assert!(running.handle.send(out(0, "/late", json!(1), OscOutOptions::default())).is_err());
+    assert!(matches!(
+        running.handle.send(out(0, "/late", json!(1), OscOutOptions::default())),
+        Err(Refused::ShuttingDown(_))
+    ));
+    assert_eq!(get(&running.handle.stats().outbound_queue_full), 0, "a stop is not a full queue");
 }
 
 /// A listener address that is already taken fails the start with an error

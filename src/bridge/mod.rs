@@ -62,7 +62,8 @@ crate::stats::counters! {
         coalesced,
         /// Dropped: too many outputs were already waiting for their delay.
         delay_full,
-        /// Dropped: still waiting for its delay when the bridge stopped.
+        /// Dropped at the stop: still waiting for its delay, or refused by an
+        /// endpoint that had already begun to shut down.
         shutdown_dropped,
     }
 }

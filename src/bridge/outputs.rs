@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{BridgeStats, RouteStats};
 use crate::cables::Cables;
-use crate::message::Body;
+use crate::message::{Body, Refused};
 use crate::mqtt::{MqttHandle, MqttOut};
 use crate::osc::{OscHandle, OscOut};
 use crate::route::{Outbound, Target};
@@ -91,13 +91,17 @@ impl Outputs {
     pub(super) fn send(&self, out: Outbound) {
         let stats = &self.routes[out.route.0];
         let Outbound { target, name, body, .. } = out;
-        let delivered = match target {
+        let handed = match target {
             Target::Osc { target, options } => match &self.osc {
-                Some(osc) => osc.send(OscOut { target, address: name, body, options }).is_ok(),
+                Some(osc) => {
+                    osc.send(OscOut { target, address: name, body, options }).map_err(refusal)
+                }
                 None => return no_link(stats, "OSC"),
             },
             Target::Mqtt { qos, retain, format } => match &self.mqtt {
-                Some(mqtt) => mqtt.send(MqttOut { topic: name, body, qos, retain, format }).is_ok(),
+                Some(mqtt) => {
+                    mqtt.send(MqttOut { topic: name, body, qos, retain, format }).map_err(refusal)
+                }
                 None => return no_link(stats, "MQTT"),
             },
             Target::CablesObject | Target::CablesTrigger { .. } => {
@@ -125,13 +129,13 @@ impl Outputs {
                     ),
                 };
                 self.sc.publish(channel, &envelope);
-                true
+                Ok(())
             }
             Target::ScChannel => {
                 let data = value_of(body, &name);
                 self.echoes.remember(&name, &data);
                 self.sc.publish(&name, &data);
-                true
+                Ok(())
             }
             Target::ScEvent { invoke } => {
                 let data = value_of(body, &name);
@@ -148,16 +152,35 @@ impl Outputs {
                 } else {
                     self.sc.transmit(&name, Some(&data));
                 }
-                true
+                Ok(())
             }
         };
-        if delivered {
-            bump(&stats.sent);
-        } else {
-            if let Some(count) = crate::stats::bump_loggable(&stats.queue_full) {
-                tracing::warn!(count, "an endpoint queue is full: dropped an output");
+        match handed {
+            Ok(()) => bump(&stats.sent),
+            Err(Refusal::Full) => {
+                if let Some(count) = crate::stats::bump_loggable(&stats.queue_full) {
+                    tracing::warn!(count, "an endpoint queue is full: dropped an output");
+                }
+            }
+            Err(Refusal::ShuttingDown) => {
+                if let Some(count) = crate::stats::bump_loggable(&stats.shutdown_dropped) {
+                    tracing::info!(count, "an endpoint is shutting down: dropped an output");
+                }
             }
         }
+    }
+}
+
+/// Why an output was not handed over; the message itself is not needed.
+enum Refusal {
+    Full,
+    ShuttingDown,
+}
+
+fn refusal<T>(refused: Refused<T>) -> Refusal {
+    match refused {
+        Refused::Full(_) => Refusal::Full,
+        Refused::ShuttingDown(_) => Refusal::ShuttingDown,
     }
 }
 

@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::message::{Body, Message};
+use crate::message::{Body, Message, Refused};
 
 pub use config::{MqttConfig, MqttProtocol, Password, RawMqtt};
 pub use payload::PayloadFormat;
@@ -217,7 +217,7 @@ impl MqttHandle {
     /// blocks. The queue drops its oldest message when full (counted as
     /// `offline_queue_overflow`), so the newest state always survives. The
     /// message comes back only after [`shutdown`](Self::shutdown) began.
-    pub fn send(&self, out: MqttOut) -> Result<(), MqttOut> {
+    pub fn send(&self, out: MqttOut) -> Result<(), Refused<MqttOut>> {
         self.inner.shared.accept(out)
     }
 

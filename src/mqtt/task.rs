@@ -25,7 +25,7 @@ use super::protocol::{self, Client, Connection, Event, IncomingPublish, Queued, 
 use super::{
     MqttError, MqttLinkState, MqttOut, MqttStats, OFFLINE, ONLINE, QoS, Subscription, payload,
 };
-use crate::message::{Message, SourceKind};
+use crate::message::{Message, Refused, SourceKind};
 use crate::sc::backoff::{Backoff, ReconnectPolicy};
 
 /// rumqttc ends the connection over a packet above its own limit; above
@@ -173,9 +173,9 @@ impl Shared {
     /// Takes a message from a handle, on the caller's task: published at once
     /// when connected, else queued in the drop-oldest outbox. Refused (handed
     /// back) only once shutdown has begun.
-    pub(crate) fn accept(&self, out: MqttOut) -> Result<(), MqttOut> {
+    pub(crate) fn accept(&self, out: MqttOut) -> Result<(), Refused<MqttOut>> {
         if !self.accepting.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(out);
+            return Err(Refused::ShuttingDown(out));
         }
         self.submit(out);
         Ok(())

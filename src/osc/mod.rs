@@ -25,7 +25,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::message::{Body, Message, SourceKind};
+use crate::message::{Body, Message, Refused, SourceKind};
 use crate::stats::{bump, worth_logging};
 use send::Batch;
 
@@ -176,8 +176,8 @@ struct Inner {
 impl OscHandle {
     /// Queues a message for the sender task without waiting. When the queue
     /// is full (counted as `outbound_queue_full`) or the endpoint has shut
-    /// down, the message comes back in `Err`.
-    pub fn send(&self, out: OscOut) -> Result<(), OscOut> {
+    /// down, the message comes back in `Err`, saying which.
+    pub fn send(&self, out: OscOut) -> Result<(), Refused<OscOut>> {
         match self.inner.queue.try_send(out) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(out)) => {
@@ -186,9 +186,9 @@ impl OscHandle {
                 {
                     tracing::warn!(count, "OSC send queue full; message dropped");
                 }
-                Err(out)
+                Err(Refused::Full(out))
             }
-            Err(TrySendError::Closed(out)) => Err(out),
+            Err(TrySendError::Closed(out)) => Err(Refused::ShuttingDown(out)),
         }
     }
 
