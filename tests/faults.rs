@@ -407,10 +407,11 @@ async fn a_restarted_broker_gets_every_queued_qos1_message_within_the_queue_boun
     let mut broker = Mosquitto::start().await;
     let gate = TcpGate::start(broker.port()).await;
     let td = OscCollector::bind().await;
+    let nobody_listens = support::daemon::ClosedPort::new();
     let running = start_bridge(
         MQTT_RESTART,
         &[
-            ("UNUSED", support::daemon::free_tcp_port().to_string()),
+            ("UNUSED", nobody_listens.port().to_string()),
             ("TD", td.addr().to_string()),
             ("GATE", gate.port().to_string()),
             ("QUEUE", QUEUE.to_string()),
@@ -482,10 +483,11 @@ async fn a_burst_while_the_broker_is_down_keeps_the_newest_queue_size_messages()
     let mut broker = Mosquitto::start().await;
     let gate = TcpGate::start(broker.port()).await;
     let td = OscCollector::bind().await;
+    let nobody_listens = support::daemon::ClosedPort::new();
     let running = start_bridge(
         MQTT_RESTART,
         &[
-            ("UNUSED", support::daemon::free_tcp_port().to_string()),
+            ("UNUSED", nobody_listens.port().to_string()),
             ("TD", td.addr().to_string()),
             ("GATE", gate.port().to_string()),
             ("QUEUE", QUEUE.to_string()),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rosc::{OscMessage, OscType};
 use serde_json::{Value, json};
-use support::daemon::{Daemon, NotifySocket, TempDir, free_tcp_port, free_udp_port, run_to_end};
+use support::daemon::{ClosedPort, Daemon, NotifySocket, TempDir, run_to_end};
 use support::mosquitto::{self, Mosquitto};
 use support::sc_peer::{ScServer, ScServerOptions, wait_until};
 use support::udp::{OscReceiver, send_osc};
@@ -92,8 +92,8 @@ async fn explain_shows_what_would_be_sent_where() {
 }
 
 /// A config for the process tests: a real SocketCluster server, OSC in on a
-/// free port, OSC out to `td`, and whatever else is appended.
-fn service_config(server: &ScServer, osc_in: u16, td: &OscReceiver, more: &str) -> String {
+/// port the system picks (see [`Daemon::listening`]), OSC out to `td`, and whatever else is appended.
+fn service_config(server: &ScServer, td: &OscReceiver, more: &str) -> String {
     format!(
         r#"
 [socketcluster]
@@ -101,7 +101,7 @@ url = "{}"
 reconnect_delay_ms = 200
 
 [osc]
-listen = ["127.0.0.1:{osc_in}"]
+listen = ["127.0.0.1:0"]
 [osc.targets]
 td = "{}"
 {more}"#,
@@ -127,8 +127,7 @@ async fn the_notify_protocol_reports_ready_watchdog_and_stopping() {
     let dir = TempDir::new("notify");
     let notify = NotifySocket::bind(dir.path());
     let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, service_config(&server, free_udp_port(), &td, ROUTE_A))
-        .expect("write config");
+    std::fs::write(&config, service_config(&server, &td, ROUTE_A)).expect("write config");
 
     let mut daemon = Daemon::start(
         &config,
@@ -153,14 +152,13 @@ async fn sighup_swaps_routes_without_reconnecting_and_refuses_a_broken_config() 
     let td = OscReceiver::bind().await;
     let dir = TempDir::new("reload");
     let notify = NotifySocket::bind(dir.path());
-    let osc_in = free_udp_port();
     let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, service_config(&server, osc_in, &td, ROUTE_A)).expect("write config");
+    std::fs::write(&config, service_config(&server, &td, ROUTE_A)).expect("write config");
     let mut daemon =
         Daemon::start(&config, &[("NOTIFY_SOCKET", notify.path().to_str().expect("utf-8"))]);
     notify.wait_for("READY=1", WAIT).await;
     let socket_id = server.next_socket_id(WAIT).await;
-    let osc_addr: std::net::SocketAddr = format!("127.0.0.1:{osc_in}").parse().expect("address");
+    let osc_addr = daemon.listening("OSC listening", WAIT).await;
 
     let route_b = r#"
 [[route]]
@@ -168,7 +166,7 @@ name = "b"
 from = { osc = "/b" }
 to = [{ sc_channel = "chan-b" }]
 "#;
-    std::fs::write(&config, service_config(&server, osc_in, &td, &format!("{ROUTE_A}{route_b}")))
+    std::fs::write(&config, service_config(&server, &td, &format!("{ROUTE_A}{route_b}")))
         .expect("rewrite");
     daemon.signal("HUP").await;
     notify.wait_for("RELOADING=1", WAIT).await;
@@ -176,6 +174,7 @@ to = [{ sc_channel = "chan-b" }]
     send_osc(osc_addr, "/b", vec![OscType::Int(2)]).await;
     server.next_line_matching(|l| l == format!("PUBLISH {socket_id} chan-b 2"), WAIT).await;
     assert_eq!(server.count_lines("CONNECTION "), 1, "a route change must not reconnect");
+    assert_eq!(daemon.log().matches("OSC listening").count(), 1, "nor rebind OSC");
 
     std::fs::write(&config, "[socketcluster]\nurl = 5\n").expect("break the config");
     daemon.signal("HUP").await;
@@ -198,23 +197,23 @@ async fn sigterm_with_queued_messages_exits_cleanly_and_says_offline() {
     let td = OscReceiver::bind().await;
     let dir = TempDir::new("term");
     let notify = NotifySocket::bind(dir.path());
-    let (osc_in, http) = (free_udp_port(), free_tcp_port());
     let mqtt = format!(
-        "[mqtt]\nurl = \"{}\"\nclient_id = \"term-test\"\navailability_topic = \"scbridge/term-test/availability\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n{ROUTE_A}",
+        "[mqtt]\nurl = \"{}\"\nclient_id = \"term-test\"\navailability_topic = \"scbridge/term-test/availability\"\n[http]\nlisten = \"127.0.0.1:0\"\n{ROUTE_A}",
         broker.url()
     );
     let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, service_config(&server, osc_in, &td, &mqtt)).expect("write config");
+    std::fs::write(&config, service_config(&server, &td, &mqtt)).expect("write config");
     let mut availability =
         mosquitto::subscribe(broker.port(), "scbridge/term-test/availability").await;
     let mut daemon =
         Daemon::start(&config, &[("NOTIFY_SOCKET", notify.path().to_str().expect("utf-8"))]);
     notify.wait_for("READY=1", WAIT).await;
+    let http = daemon.listening("HTTP listener", WAIT).await.port();
     assert_eq!(availability.next_message(WAIT).await.text(), "online");
     server.next_socket_id(WAIT).await;
 
     server.kill().await;
-    let osc_addr: std::net::SocketAddr = format!("127.0.0.1:{osc_in}").parse().expect("address");
+    let osc_addr = daemon.listening("OSC listening", WAIT).await;
     for n in 0..3 {
         send_osc(osc_addr, "/a", vec![OscType::Int(n)]).await;
     }
@@ -244,7 +243,6 @@ async fn osc_and_mqtt_control_the_link_and_the_routes_and_see_its_state() {
     let td = OscReceiver::bind().await;
     let dir = TempDir::new("control");
     let notify = NotifySocket::bind(dir.path());
-    let (osc_in, http) = (free_udp_port(), free_tcp_port());
     let more = format!(
         r#"
 [mqtt]
@@ -257,18 +255,19 @@ mqtt = "scbridge/control"
 osc_status_target = "td"
 
 [http]
-listen = "127.0.0.1:{http}"
+listen = "127.0.0.1:0"
 {ROUTE_A}"#,
         broker.url()
     );
     let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, service_config(&server, osc_in, &td, &more)).expect("write config");
+    std::fs::write(&config, service_config(&server, &td, &more)).expect("write config");
     let mut status = mosquitto::subscribe(broker.port(), "scbridge/ctl-test/socketcluster").await;
     let mut daemon =
         Daemon::start(&config, &[("NOTIFY_SOCKET", notify.path().to_str().expect("utf-8"))]);
     notify.wait_for("READY=1", WAIT).await;
+    let http = daemon.listening("HTTP listener", WAIT).await.port();
     let first = server.next_socket_id(WAIT).await;
-    let osc_addr: std::net::SocketAddr = format!("127.0.0.1:{osc_in}").parse().expect("address");
+    let osc_addr = daemon.listening("OSC listening", WAIT).await;
     let connected = |v: &Value| v["state"] == "connected";
     loop {
         let message: Value =
@@ -369,20 +368,20 @@ async fn the_http_listener_shows_counters_moving_health_and_recent_messages() {
     let td = OscReceiver::bind().await;
     let dir = TempDir::new("http");
     let notify = NotifySocket::bind(dir.path());
-    let (osc_in, http) = (free_udp_port(), free_tcp_port());
-    let more = format!("[http]\nlisten = \"127.0.0.1:{http}\"\nmax_lines = 2\n{ROUTE_A}");
+    let more = format!("[http]\nlisten = \"127.0.0.1:0\"\nmax_lines = 2\n{ROUTE_A}");
     let config = dir.path().join("bridge.toml");
-    std::fs::write(&config, service_config(&server, osc_in, &td, &more)).expect("write config");
+    std::fs::write(&config, service_config(&server, &td, &more)).expect("write config");
     let mut daemon =
         Daemon::start(&config, &[("NOTIFY_SOCKET", notify.path().to_str().expect("utf-8"))]);
     notify.wait_for("READY=1", WAIT).await;
+    let http = daemon.listening("HTTP listener", WAIT).await.port();
     let socket_id = server.next_socket_id(WAIT).await;
     let sent = r#"scbridge_route_messages_total{route="a",event="sent"}"#;
 
     let (status, body) = http_get(http, "/metrics").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(metric(&body, sent), 0.0, "{body}");
-    let osc_addr: std::net::SocketAddr = format!("127.0.0.1:{osc_in}").parse().expect("address");
+    let osc_addr = daemon.listening("OSC listening", WAIT).await;
     for n in 0..3 {
         send_osc(osc_addr, "/a", vec![OscType::Int(n)]).await;
     }
@@ -409,10 +408,13 @@ async fn the_http_listener_shows_counters_moving_health_and_recent_messages() {
 async fn on_the_journal_stream_each_line_starts_with_its_syslog_priority() {
     let dir = TempDir::new("journal");
     let config = dir.path().join("bridge.toml");
-    let nobody_listens = free_tcp_port();
+    let nobody_listens = ClosedPort::new();
     std::fs::write(
         &config,
-        format!("[socketcluster]\nurl = \"ws://127.0.0.1:{nobody_listens}/socketcluster/\"\n"),
+        format!(
+            "[socketcluster]\nurl = \"ws://127.0.0.1:{}/socketcluster/\"\n",
+            nobody_listens.port()
+        ),
     )
     .expect("write config");
     let mut daemon = Daemon::start_on_journal_stream(&config);
@@ -441,7 +443,7 @@ async fn secrets_never_reach_the_log_or_check_output() {
     let td = OscReceiver::bind().await;
     let dir = TempDir::new("secrets");
     let notify = NotifySocket::bind(dir.path());
-    let config_text = service_config(&server, free_udp_port(), &td, &format!(
+    let config_text = service_config(&server, &td, &format!(
         "[mqtt]\nurl = \"{}\"\nusername = \"bridge\"\npassword = \"MQTT-PASSWORD-0451\"\n",
         broker.url()
     ))

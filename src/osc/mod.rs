@@ -120,6 +120,7 @@ impl OscEndpoint {
             let socket = bind_listener(addr, config.receive_buffer_bytes)
                 .map_err(|source| OscError::Bind { addr, source })?;
             let bound = socket.local_addr().map_err(|source| OscError::Bind { addr, source })?;
+            tracing::info!(listen = %bound, "OSC listening");
             listeners.push(socket);
             listen_addrs.push(bound);
         }

@@ -2,6 +2,7 @@
 //! NOTIFY_SOCKET the test owns (so it sees READY=1, WATCHDOG=1, STOPPING=1
 //! exactly as systemd would), signals, and the captured log.
 
+use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram as StdDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -12,20 +13,20 @@ use tokio::io::AsyncReadExt;
 use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
 
-/// A free UDP port on loopback (bound, read, released).
-pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
-        .port()
-}
+/// A loopback TCP port that refuses connections and that nobody else can
+/// take while this lives: bound, never listening.
+pub struct ClosedPort(tokio::net::TcpSocket);
 
-/// A free TCP port on loopback (bound, read, released).
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free TCP port")
-        .port()
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket.bind(([127, 0, 0, 1], 0).into()).expect("bind a loopback port");
+        ClosedPort(socket)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.local_addr().expect("a bound socket has an address").port()
+    }
 }
 
 /// A temporary directory removed on drop.
@@ -186,6 +187,28 @@ impl Daemon {
             })
             .expect("wait for scbridge");
         status.code().unwrap_or(-1)
+    }
+
+    /// The address a listener really bound (the config asks for port 0),
+    /// read from its log line: the first line containing `what`, and its
+    /// `listen=ADDRESS` field.
+    pub async fn listening(&self, what: &str, limit: Duration) -> SocketAddr {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let log = self.log();
+            let field = log
+                .lines()
+                .filter(|line| line.contains(what))
+                .find_map(|line| line.split_whitespace().find_map(|f| f.strip_prefix("listen=")));
+            if let Some(address) = field {
+                return address.parse().unwrap_or_else(|_| panic!("not an address: {address}"));
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no `{what}` line with listen= within {limit:?}; log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Everything it logged so far.
