@@ -127,7 +127,7 @@ impl Connection {
     }
 
     fn finish(&self, done: Option<oneshot::Sender<()>>) {
-        let left = self.queue.len();
+        let left = self.queue.close();
         if left > 0 {
             crate::stats::add(&self.stats.shutdown_dropped, left as u64);
             tracing::warn!(
@@ -352,7 +352,12 @@ impl Connection {
                     }
                     Step::Lost { .. } | Step::Connected(_) => {}
                     Step::Shutdown(_) => {
-                        self.drain_queue(&mut ws, &mut batch, usize::MAX).await;
+                        // Before the handshake the server would take a
+                        // publish as a protocol error; the queue is counted
+                        // as dropped instead.
+                        if self.session.is_open() {
+                            self.drain_queue(&mut ws, &mut batch, usize::MAX).await;
+                        }
                         close(&mut ws, 1000, "shutting down").await;
                     }
                     Step::Deactivated => close(&mut ws, 1000, "switched off").await,

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{Notify, oneshot};
 
@@ -27,6 +28,9 @@ pub(crate) struct OutboundQueue {
     items: Mutex<VecDeque<Outgoing>>,
     capacity: usize,
     ready: Notify,
+    /// Set once the link task has ended: nothing would ever send what is
+    /// pushed after that (a delayed output holding an old client handle).
+    closed: AtomicBool,
 }
 
 impl OutboundQueue {
@@ -35,13 +39,26 @@ impl OutboundQueue {
             items: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
             capacity: capacity.max(1),
             ready: Notify::new(),
+            closed: AtomicBool::new(false),
         }
     }
 
-    /// Queues a packet; when full, the oldest is dropped and counted.
+    /// Queues a packet; when full, the oldest is dropped and counted. After
+    /// [`close`](Self::close) the packet itself is dropped and counted.
     pub fn push(&self, item: Outgoing, stats: &ScStats) {
         let dropped = {
             let mut items = self.lock();
+            // Read under the lock, so a push cannot slip in behind `close`.
+            if self.closed.load(Ordering::Relaxed) {
+                drop(items);
+                if let Some(count) = crate::stats::bump_loggable(&stats.shutdown_dropped) {
+                    tracing::warn!(
+                        dropped = count,
+                        "SocketCluster link has shut down: message dropped"
+                    );
+                }
+                return;
+            }
             let dropped = if items.len() >= self.capacity { items.pop_front() } else { None };
             items.push_back(item);
             dropped
@@ -97,6 +114,16 @@ impl OutboundQueue {
         self.lock().len()
     }
 
+    /// Refuses every later push and empties the queue; returns how many
+    /// packets were still in it. Waiting invokes see their reply dropped.
+    pub fn close(&self) -> usize {
+        let mut items = self.lock();
+        self.closed.store(true, Ordering::Relaxed);
+        let left = items.len();
+        items.clear();
+        left
+    }
+
     /// Resolves when something was pushed since the last wait.
     pub async fn ready(&self) {
         self.ready.notified().await
@@ -133,6 +160,18 @@ mod tests {
         }
         assert_eq!(text_of(&queue), vec!["2", "3", "4"]);
         assert_eq!(ScStats::get(&stats.queue_overflow), 2);
+    }
+
+    #[test]
+    fn a_closed_queue_reports_what_it_held_and_counts_every_later_push() {
+        let stats = ScStats::default();
+        let queue = OutboundQueue::new(3);
+        queue.push(Outgoing { text: "before".into(), reply: None }, &stats);
+        assert_eq!(queue.close(), 1);
+        queue.push(Outgoing { text: "after".into(), reply: None }, &stats);
+        queue.push(Outgoing { text: "later".into(), reply: None }, &stats);
+        assert_eq!(queue.len(), 0);
+        assert_eq!(ScStats::get(&stats.shutdown_dropped), 2);
     }
 
     #[test]

@@ -37,7 +37,8 @@ crate::stats::counters! {
         /// Packets lost because the write to the socket failed (the connection
         /// broke); the packets behind them go back to the send queue.
         write_failures,
-        /// Packets still queued when the link shut down.
+        /// Packets still queued when the link shut down, or handed to it
+        /// after that.
         shutdown_dropped,
         /// Invokes whose reply did not arrive within the ack timeout.
         invokes_timed_out,
