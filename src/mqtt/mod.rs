@@ -68,7 +68,8 @@ crate::stats::counters! {
         oversized_out,
         /// Filters the broker refused, or SUBSCRIBEs that could not be queued.
         subscribe_failures,
-        /// Messages still held when the endpoint shut down.
+        /// Messages still held, or sent but not confirmed, when the endpoint
+        /// stopped before the broker closed the connection.
         shutdown_dropped,
     }
 }

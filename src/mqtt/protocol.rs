@@ -246,6 +246,17 @@ impl Connection {
         }
     }
 
+    /// At a forced stop: the publishes rumqttc still holds (unacknowledged,
+    /// or not yet written), so that the caller can count them as dropped.
+    /// Availability and DISCONNECT requests are not publishes of ours.
+    pub fn abandon(&mut self) -> Vec<Queued> {
+        match self {
+            Connection::V311(eventloop) => eventloop.clean(),
+            Connection::V5(eventloop) => eventloop.clean(),
+        }
+        self.take_unsent()
+    }
+
     /// Replaces the credentials used by the next connection attempt.
     pub fn set_credentials(&mut self, username: &str, password: &str) {
         match self {

@@ -242,9 +242,15 @@ impl Shared {
         }
     }
 
-    /// `offline` and DISCONNECT, once, on a live connection.
+    /// `offline` and DISCONNECT, once, on a live connection, behind every
+    /// message accepted before: while rumqttc's channel cannot take the rest
+    /// of the queue, this waits for the driver's next call.
     fn close(&self, outbox: &mut Outbox) {
         if outbox.close_sent || !outbox.connected {
+            return;
+        }
+        self.flush(outbox);
+        if outbox.queued() > 0 {
             return;
         }
         self.announce(outbox, OFFLINE);
@@ -361,15 +367,23 @@ impl Driver {
                 // channel was full; every event means it drained some.
                 let mut outbox = self.shared.outbox();
                 self.shared.flush(&mut outbox);
+                if outbox.closing {
+                    self.shared.close(&mut outbox);
+                }
             }
         }
-        let left = self.shared.outbox().queued();
+        // Stopped before the broker closed the connection (the grace ran
+        // out): what rumqttc still holds was never confirmed.
+        let availability = self.shared.availability.as_ref();
+        let unconfirmed =
+            self.connection.abandon().iter().filter(|m| Some(&m.topic) != availability).count();
+        let left = self.shared.outbox().queued() + unconfirmed;
         if left > 0 {
             crate::stats::add(&self.shared.stats.shutdown_dropped, left as u64);
             tracing::warn!(
                 broker = %self.broker,
                 dropped = left,
-                "MQTT endpoint stopped with messages still queued: dropped"
+                "MQTT endpoint stopped with messages not yet sent or confirmed: dropped"
             );
         }
         self.link.send_replace(MqttLinkState::Disconnected {
