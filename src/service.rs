@@ -123,10 +123,16 @@ async fn reload(path: &Path, running: &Running) {
                 socketcluster_reconnected = report.socketcluster_reconnected,
                 mqtt_restarted = report.mqtt_restarted,
                 osc_restarted = report.osc_restarted,
+                failed = ?report.failed,
                 "reloaded {}",
                 path.display()
             );
-            notify(&[NotifyState::Ready, NotifyState::Status("reloaded")]);
+            let status = if report.failed.is_empty() {
+                "reloaded"
+            } else {
+                "reloaded, but a link kept its old settings (see the log)"
+            };
+            notify(&[NotifyState::Ready, NotifyState::Status(status)]);
         }
         Err(err) => {
             tracing::error!(error = %err, "reload refused: keeping the running config");

@@ -51,7 +51,8 @@ crate::stats::counters! {
         loops,
         /// Skipped: the destination name could not be made.
         bad_names,
-        /// Dropped: the endpoint's queue was full.
+        /// Dropped: the endpoint's queue was full, or [`MAX_INVOKES`](outputs::MAX_INVOKES)
+        /// invokes already awaited their reply.
         queue_full,
         /// Withheld: cables Allow Send is off or another sender took over.
         not_allowed,
@@ -98,6 +99,9 @@ crate::stats::counters! {
         /// Link commands (`active`, `reset`) dropped because earlier ones
         /// were still waiting: a flood of control messages.
         controls_dropped,
+        /// Input that reached the router after its stop-time drain: counted,
+        /// not routed.
+        shutdown_dropped,
     }
 }
 
@@ -134,6 +138,9 @@ pub struct ReloadReport {
     pub osc_restarted: bool,
     pub mqtt_restarted: bool,
     pub routes: usize,
+    /// Links that could not start with their new settings and kept (or,
+    /// failing that too, lost) their old ones; the next reload retries.
+    pub failed: Vec<&'static str>,
 }
 
 /// The bridge as it is now (it changes on reload): for metrics and tests.
@@ -212,18 +219,19 @@ impl Running {
         report.await.unwrap_or_default()
     }
 
-    /// Stops taking input, sends what is queued, closes the links cleanly
-    /// (MQTT says `offline`) and waits for the router task.
+    /// Stops: the router routes what reached it, then every link sends what
+    /// it holds and closes cleanly (MQTT says `offline`); see
+    /// `Router::stop_links`. Waits for all of it.
     pub async fn stop(self) {
         let view = self.view();
-        // MQTT first, while its task still runs: a clean DISCONNECT after an
-        // explicit `offline`, not the last will of a dropped connection.
-        if let Some(mqtt) = &view.mqtt {
-            mqtt.shutdown().await;
-        }
         self.shutdown.cancel();
-        let _ = self.task.await;
-        view.sc.shutdown().await;
+        if self.task.await.is_err() {
+            // The router did not get to close the links; close what it can.
+            if let Some(mqtt) = &view.mqtt {
+                mqtt.shutdown().await;
+            }
+            view.sc.shutdown().await;
+        }
     }
 
     pub fn is_finished(&self) -> bool {
@@ -278,13 +286,14 @@ struct Endpoint<H> {
     stop: CancellationToken,
 }
 
+/// Endpoints have their own stop token, not a child of the router's: at the
+/// stop they must outlive the router's drain, which still hands them output.
 async fn start_osc(
     config: &Config,
     inbound: &mpsc::Sender<Message>,
-    parent: &CancellationToken,
 ) -> Result<Option<Endpoint<OscHandle>>, BridgeError> {
     let Some(osc) = &config.osc else { return Ok(None) };
-    let stop = parent.child_token();
+    let stop = CancellationToken::new();
     let handle = OscEndpoint::start(osc, inbound.clone(), stop.clone()).await?;
     Ok(Some(Endpoint { handle, stop }))
 }
@@ -292,10 +301,9 @@ async fn start_osc(
 fn start_mqtt(
     config: &Config,
     inbound: &mpsc::Sender<Message>,
-    parent: &CancellationToken,
 ) -> Result<Option<Endpoint<MqttHandle>>, BridgeError> {
     let Some(mqtt) = &config.mqtt else { return Ok(None) };
-    let stop = parent.child_token();
+    let stop = CancellationToken::new();
     let handle = MqttEndpoint::start(
         mqtt.clone(),
         mqtt_subscriptions(config),
@@ -311,8 +319,16 @@ fn start_mqtt(
 pub async fn start(config: Config) -> Result<Running, BridgeError> {
     let shutdown = CancellationToken::new();
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
-    let osc = start_osc(&config, &inbound_tx, &shutdown).await?;
-    let mqtt = start_mqtt(&config, &inbound_tx, &shutdown)?;
+    let osc = start_osc(&config, &inbound_tx).await?;
+    let mqtt = match start_mqtt(&config, &inbound_tx) {
+        Ok(mqtt) => mqtt,
+        Err(err) => {
+            if let Some(osc) = osc {
+                osc.stop.cancel();
+            }
+            return Err(err);
+        }
+    };
     let (sc, sc_incoming) = ScClient::start(config.socketcluster.clone());
     for sub in sc_subscriptions(&config) {
         sc.subscribe(&sub.channel, sub.wait_for_auth).await;
@@ -344,6 +360,7 @@ pub async fn start(config: Config) -> Result<Running, BridgeError> {
             routes,
             stats: stats.clone(),
             echoes: Arc::default(),
+            invokes: Arc::new(tokio::sync::Semaphore::new(outputs::MAX_INVOKES)),
         },
         cables: None,
         raw_channels: HashSet::new(),

@@ -15,8 +15,13 @@ use crate::message::{Body, Refused};
 use crate::mqtt::{MqttHandle, MqttOut};
 use crate::osc::{OscHandle, OscOut};
 use crate::route::{Outbound, Target};
-use crate::sc::{InvokeError, ScClient};
+use crate::sc::ScClient;
 use crate::stats::bump;
+
+/// Invokes to the SocketCluster server waiting for their reply at once; each
+/// waits up to the ack timeout, so a flood into an `invoke` route is dropped
+/// and counted beyond this instead of piling up tasks.
+pub(super) const MAX_INVOKES: usize = 1024;
 
 /// How long our own publish on a plain SocketCluster channel is expected back.
 const ECHO_WINDOW: Duration = Duration::from_secs(5);
@@ -78,6 +83,8 @@ pub(super) struct Outputs {
     pub(super) routes: Arc<Vec<RouteStats>>,
     pub(super) stats: Arc<BridgeStats>,
     pub(super) echoes: Arc<EchoFilter>,
+    /// Permits for invokes waiting for their reply ([`MAX_INVOKES`]).
+    pub(super) invokes: Arc<tokio::sync::Semaphore>,
 }
 
 /// What sending to cables needs: the envelope settings and the current
@@ -140,19 +147,27 @@ impl Outputs {
             Target::ScEvent { invoke } => {
                 let data = value_of(body, &name);
                 if invoke {
-                    let sc = self.sc.clone();
-                    let stats = self.stats.clone();
-                    tokio::spawn(async move {
-                        if let Err(err) = sc.invoke(&name, Some(&data)).await {
-                            bump(&stats.failed_invokes);
-                            let level_worthy = !matches!(err, InvokeError::Remote(_));
-                            tracing::warn!(event = %name, error = %err, timeout = level_worthy, "invoke to the SocketCluster server failed");
+                    match self.invokes.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let sc = self.sc.clone();
+                            let stats = self.stats.clone();
+                            tokio::spawn(async move {
+                                if let Err(err) = sc.invoke(&name, Some(&data)).await
+                                    && let Some(count) =
+                                        crate::stats::bump_loggable(&stats.failed_invokes)
+                                {
+                                    tracing::warn!(event = %name, error = %err, count, "invoke to the SocketCluster server failed");
+                                }
+                                drop(permit);
+                            });
+                            Ok(())
                         }
-                    });
+                        Err(_) => Err(Refusal::Full),
+                    }
                 } else {
                     self.sc.transmit(&name, Some(&data));
+                    Ok(())
                 }
-                Ok(())
             }
         };
         match handed {

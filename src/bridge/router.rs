@@ -146,7 +146,7 @@ impl Router {
                 }
                 _ = sleep_until_or_never(self.coalescer.next_due()) => {
                     for out in self.coalescer.take_due(tokio::time::Instant::now()) {
-                        self.outputs.send(out);
+                        self.dispatch(out);
                     }
                 }
                 changed = self.link.changed() => {
@@ -162,15 +162,43 @@ impl Router {
             }
         }
         self.drain_at_shutdown();
+        self.stop_links().await;
         self.alive.store(false, Ordering::Relaxed);
+    }
+
+    /// After the drain, each link sends what it holds and closes: MQTT its
+    /// queue, then `offline` and a clean DISCONNECT (not the last will of a
+    /// dropped connection); OSC its queue; SocketCluster its queue, then a
+    /// clean close. Input that arrived meanwhile is counted, not routed.
+    async fn stop_links(&mut self) {
+        if let Some(mqtt) = self.mqtt.take() {
+            mqtt.handle.shutdown().await;
+            mqtt.stop.cancel();
+        }
+        if let Some(osc) = self.osc.take() {
+            osc.stop.cancel();
+            osc.handle.stopped().await;
+        }
+        self.outputs.sc.shutdown().await;
+        let mut late = 0u64;
+        while self.inbound.try_recv().is_ok() {
+            late += 1;
+        }
+        while self.sc_incoming.try_recv().is_ok() {
+            late += 1;
+        }
+        if late > 0 {
+            crate::stats::add(&self.outputs.stats.shutdown_dropped, late);
+            tracing::info!(dropped = late, "input that arrived during the stop was not routed");
+        }
     }
 
     /// Stop taking input, then send what is queued: routes what reached the
     /// router before the stop (at most one queue's worth each, so input
     /// that keeps coming cannot hold the stop up) and sends the values
-    /// waiting in the coalescer. Endpoints that have already closed count
-    /// what they refuse. Outputs waiting for a delay are dropped; each
-    /// counts itself as it sees the stop.
+    /// waiting in the coalescer, while every link still runs. Outputs
+    /// waiting for a delay are dropped; each counts itself as it sees the
+    /// stop.
     fn drain_at_shutdown(&mut self) {
         let mut routed = 0usize;
         for _ in 0..self.sc_incoming.max_capacity() {
@@ -215,7 +243,7 @@ impl Router {
         let mut report = ReloadReport { routes: config.routes.len(), ..ReloadReport::default() };
         // Waiting values belong to the old table's routes: send them first.
         for out in self.coalescer.drain() {
-            self.outputs.send(out);
+            self.dispatch(out);
         }
         let old_subscriptions = sc_subscriptions(&self.config);
         let new_subscriptions = sc_subscriptions(&config);
@@ -226,8 +254,13 @@ impl Router {
                 sc.subscribe(&sub.channel, sub.wait_for_auth).await;
             }
             self.link = sc.link_state();
-            self.sc_incoming = incoming;
             self.outputs.sc = sc;
+            // What the old link received and the router had not taken yet
+            // is still routed (its SocketCluster outputs go to the new link).
+            let mut old_incoming = std::mem::replace(&mut self.sc_incoming, incoming);
+            while let Ok(incoming) = old_incoming.try_recv() {
+                self.take_socketcluster(incoming);
+            }
             report.socketcluster_reconnected = true;
         } else {
             for old in old_subscriptions.iter().filter(|o| !new_subscriptions.contains(o)) {
@@ -237,19 +270,33 @@ impl Router {
                 self.outputs.sc.subscribe(&new.channel, new.wait_for_auth).await;
             }
         }
+        // The new config is kept whole, except that a link which could not
+        // start with its new settings keeps its old ones (restarted), so
+        // that the next reload tries the new settings again.
+        let mut config = config;
         if config.osc != self.config.osc {
             if let Some(old) = self.osc.take() {
                 old.stop.cancel();
                 old.handle.stopped().await;
             }
-            match start_osc(&config, &self.inbound_tx, &self.shutdown).await {
-                Ok(osc) => self.osc = osc,
+            match start_osc(&config, &self.inbound_tx).await {
+                Ok(osc) => {
+                    self.osc = osc;
+                    report.osc_restarted = true;
+                }
                 Err(err) => {
-                    tracing::error!(error = %err, "reload: the OSC endpoint could not start")
+                    tracing::error!(error = %err, "reload: the OSC endpoint could not start with its new settings; keeping the old ones");
+                    report.failed.push("osc");
+                    config.osc = self.config.osc.clone();
+                    match start_osc(&config, &self.inbound_tx).await {
+                        Ok(osc) => self.osc = osc,
+                        Err(err) => {
+                            tracing::error!(error = %err, "reload: the OSC endpoint could not start again with its old settings either: OSC is down until the next reload")
+                        }
+                    }
                 }
             }
             self.outputs.osc = self.osc.as_ref().map(|e| e.handle.clone());
-            report.osc_restarted = true;
         }
         if config.mqtt != self.config.mqtt
             || mqtt_subscriptions(&config) != mqtt_subscriptions(&self.config)
@@ -258,14 +305,24 @@ impl Router {
                 old.handle.shutdown().await;
                 old.stop.cancel();
             }
-            match start_mqtt(&config, &self.inbound_tx, &self.shutdown) {
-                Ok(mqtt) => self.mqtt = mqtt,
+            match start_mqtt(&config, &self.inbound_tx) {
+                Ok(mqtt) => {
+                    self.mqtt = mqtt;
+                    report.mqtt_restarted = true;
+                }
                 Err(err) => {
-                    tracing::error!(error = %err, "reload: the MQTT endpoint could not start")
+                    tracing::error!(error = %err, "reload: the MQTT endpoint could not start with its new settings; keeping the old ones");
+                    report.failed.push("mqtt");
+                    config.mqtt = self.config.mqtt.clone();
+                    match start_mqtt(&config, &self.inbound_tx) {
+                        Ok(mqtt) => self.mqtt = mqtt,
+                        Err(err) => {
+                            tracing::error!(error = %err, "reload: the MQTT endpoint could not start again with its old settings either: MQTT is down until the next reload")
+                        }
+                    }
                 }
             }
             self.outputs.mqtt = self.mqtt.as_ref().map(|e| e.handle.clone());
-            report.mqtt_restarted = true;
         }
         // Routes: counters and runtime switches carry over by route name.
         let old_table = self.table.clone();
@@ -479,7 +536,8 @@ impl Router {
                 }
             }
         }
-        for out in self.out.drain(..) {
+        let mut outs = std::mem::take(&mut self.out);
+        for out in outs.drain(..) {
             let route_index = out.route.0;
             let route = &table.routes()[route_index];
             if counted != Some(out.route) {
@@ -499,31 +557,44 @@ impl Router {
             if let Some(interval) = route.min_interval {
                 let now = tokio::time::Instant::now();
                 match self.coalescer.offer(out, interval, now) {
-                    Offer::SendNow(out) => self.outputs.send(out),
+                    Offer::SendNow(out) => self.dispatch(out),
                     Offer::Waiting => {}
                     Offer::Replaced => bump(&self.outputs.routes[route_index].coalesced),
                 }
-            } else if route.delay.is_zero() {
-                self.outputs.send(out);
-            } else if self.delayed.load(Ordering::Relaxed) >= MAX_DELAYED {
-                let route_stats = &self.outputs.routes[route_index];
-                if let Some(count) = crate::stats::bump_loggable(&route_stats.delay_full) {
-                    tracing::warn!(route = %route.name, count, limit = MAX_DELAYED, "too many outputs waiting for their delay: dropped one");
-                }
             } else {
-                let outputs = self.outputs.clone();
-                let delay = route.delay;
-                let delayed = self.delayed.clone();
-                let shutdown = self.shutdown.clone();
-                delayed.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => outputs.send(out),
-                        _ = shutdown.cancelled() => bump(&outputs.routes[out.route.0].shutdown_dropped),
-                    }
-                    delayed.fetch_sub(1, Ordering::Relaxed);
-                });
+                self.dispatch(out);
             }
+        }
+        // Handed back empty, so its allocation serves the next message.
+        self.out = outs;
+    }
+
+    /// Sends an output now, or after its route's `delay_ms` (which counts
+    /// from when `max_rate` let the output go, when both are set).
+    fn dispatch(&self, out: Outbound) {
+        let Some(route) = self.table.route_by_id(out.route) else {
+            return self.outputs.send(out);
+        };
+        if route.delay.is_zero() {
+            self.outputs.send(out);
+        } else if self.delayed.load(Ordering::Relaxed) >= MAX_DELAYED {
+            let route_stats = &self.outputs.routes[out.route.0];
+            if let Some(count) = crate::stats::bump_loggable(&route_stats.delay_full) {
+                tracing::warn!(route = %route.name, count, limit = MAX_DELAYED, "too many outputs waiting for their delay: dropped one");
+            }
+        } else {
+            let outputs = self.outputs.clone();
+            let delay = route.delay;
+            let delayed = self.delayed.clone();
+            let shutdown = self.shutdown.clone();
+            delayed.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => outputs.send(out),
+                    _ = shutdown.cancelled() => bump(&outputs.routes[out.route.0].shutdown_dropped),
+                }
+                delayed.fetch_sub(1, Ordering::Relaxed);
+            });
         }
     }
 

@@ -396,13 +396,21 @@ impl Sender {
     /// Takes whatever is queued (up to [`SEND_TURN`]), encodes it and sends
     /// it as one batch: a burst costs a few system calls, a lone message
     /// goes out at once.
+    ///
+    /// At the stop the queue is closed (later sends are refused, and their
+    /// callers count them) and what it already holds still goes out.
     async fn run(mut self, shutdown: CancellationToken) {
         let mut turn = Vec::with_capacity(SEND_TURN);
         let mut batch = Batch::default();
+        let mut closing = false;
         loop {
             let taken = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled(), if !closing => {
+                    self.outgoing.close();
+                    closing = true;
+                    continue;
+                }
                 taken = self.outgoing.recv_many(&mut turn, SEND_TURN) => taken,
             };
             if taken == 0 {

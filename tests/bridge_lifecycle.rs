@@ -1,0 +1,163 @@
+//! The whole bridge through its stop and its reloads, against a real
+//! socketcluster-server and real UDP sockets: what was taken in is either
+//! delivered or counted, and a link that cannot take new settings keeps
+//! its old ones.
+
+mod support;
+
+use std::time::Duration;
+
+use rosc::OscType;
+use scbridge::bridge::{self, ReloadReport, Running};
+use scbridge::config::Config;
+use scbridge::stats::get;
+use support::sc_peer::{ScServer, ScServerOptions, wait_until};
+use support::udp::{OscReceiver, send_osc};
+use tokio::net::UdpSocket;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(server: &ScServer, td: &OscReceiver, listen: &str, routes: &str) -> Config {
+    let toml = format!(
+        r#"
+[socketcluster]
+url = "{}"
+reconnect_delay_ms = 200
+
+[osc]
+listen = ["{listen}"]
+[osc.targets]
+td = "{}"
+{routes}"#,
+        server.url(),
+        td.addr()
+    );
+    Config::from_toml(&toml, "test.toml").expect("valid test config")
+}
+
+async fn start(config: Config) -> Running {
+    let running = bridge::start(config).await.expect("bridge starts");
+    let mut link = running.sc().link_state();
+    tokio::time::timeout(WAIT, link.wait_for(|s| s.is_connected()))
+        .await
+        .expect("connected")
+        .expect("alive");
+    running
+}
+
+fn osc_port(running: &Running) -> std::net::SocketAddr {
+    running.osc().expect("osc configured").listen_addrs()[0]
+}
+
+const PASS_THROUGH: &str = r#"
+[[route]]
+name = "pass"
+from = { osc = "/in" }
+to = [{ osc = "/out" }]
+"#;
+
+/// Values stream in over OSC and the bridge is stopped in the middle of
+/// it: every value the bridge took in reaches TouchDesigner, or is counted
+/// by the counter that says where it was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_in_the_middle_of_a_stream_delivers_or_counts_every_value_taken_in() {
+    // Few enough that TouchDesigner's socket holds them all unread (a
+    // small datagram takes about 1 KiB of a default 208 KiB buffer).
+    const SENT: i32 = 120;
+    let server = ScServer::start(ScServerOptions::new()).await;
+    let td = OscReceiver::bind().await;
+    let running = start(config(&server, &td, "127.0.0.1:0", PASS_THROUGH)).await;
+    let osc = running.osc().expect("osc configured");
+    let (bridge_stats, routes) = (running.stats.clone(), running.routes());
+    let to = osc_port(&running);
+    let sender = UdpSocket::bind("127.0.0.1:0").await.expect("a sender");
+    for n in 0..SENT {
+        let packet = rosc::OscPacket::Message(rosc::OscMessage {
+            addr: "/in".into(),
+            args: vec![OscType::Int(n)],
+        });
+        sender.send_to(&rosc::encoder::encode(&packet).expect("encodes"), to).await.expect("sent");
+    }
+    wait_until(|| get(&osc.stats().messages_in) > 0, WAIT, "the stream reached the bridge").await;
+    tokio::time::timeout(WAIT, running.stop()).await.expect("the stop ends in time");
+
+    let taken_in = get(&osc.stats().messages_in);
+    let route = &routes[0];
+    let counted_drops = get(&osc.stats().inbound_queue_full)
+        + get(&bridge_stats.shutdown_dropped)
+        + get(&route.queue_full)
+        + get(&route.shutdown_dropped)
+        + get(&osc.stats().send_errors);
+    let expected = taken_in - counted_drops;
+    let mut received = 0u64;
+    while received < expected {
+        let message = td.next(WAIT).await;
+        assert_eq!(message.addr, "/out");
+        received += 1;
+    }
+    assert_eq!(td.try_next(Duration::from_millis(200)).await, None, "nothing beyond that");
+    assert_eq!(get(&osc.stats().messages_out), expected, "sent = taken in - counted drops");
+}
+
+/// With both `max_rate` and `delay_ms`, the value `max_rate` lets go still
+/// waits its delay (here longer than the test), and at the stop it is
+/// counted as dropped rather than sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_route_with_a_delay_still_waits_its_delay() {
+    let route = r#"
+[[route]]
+name = "slow"
+from = { osc = "/in" }
+to = [{ osc = "/out" }]
+max_rate = 30
+delay_ms = 60000
+"#;
+    let server = ScServer::start(ScServerOptions::new()).await;
+    let td = OscReceiver::bind().await;
+    let running = start(config(&server, &td, "127.0.0.1:0", route)).await;
+    let routes = running.routes();
+    send_osc(osc_port(&running), "/in", vec![OscType::Int(1)]).await;
+    wait_until(|| get(&routes[0].matched) == 1, WAIT, "the value routed").await;
+    assert_eq!(get(&routes[0].sent), 0, "it waits for its delay");
+
+    running.stop().await;
+    wait_until(|| get(&routes[0].shutdown_dropped) == 1, WAIT, "the delayed value counted").await;
+    assert_eq!(get(&routes[0].sent), 0);
+    assert_eq!(
+        td.try_next(Duration::from_millis(200)).await,
+        None,
+        "nothing reached TouchDesigner"
+    );
+}
+
+/// A reload that moves OSC to a port someone else holds: the reload says
+/// OSC failed, OSC keeps its old settings and works; once the port is free,
+/// the same reload succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_a_taken_osc_port_keeps_the_old_settings_and_the_next_reload_retries() {
+    let server = ScServer::start(ScServerOptions::new()).await;
+    let td = OscReceiver::bind().await;
+    let running = start(config(&server, &td, "127.0.0.1:0", PASS_THROUGH)).await;
+    let holder = std::net::UdpSocket::bind("127.0.0.1:0").expect("hold a port");
+    let wanted = holder.local_addr().expect("address");
+    let moved = config(&server, &td, &wanted.to_string(), PASS_THROUGH);
+
+    let report = running.reload(moved.clone()).await;
+    assert_eq!(
+        report,
+        ReloadReport { failed: vec!["osc"], routes: 1, ..ReloadReport::default() },
+        "the port is taken"
+    );
+    let kept = osc_port(&running);
+    assert_ne!(kept, wanted);
+    send_osc(kept, "/in", vec![OscType::Int(1)]).await;
+    assert_eq!(td.next(WAIT).await.args, vec![OscType::Float(1.0)]);
+
+    drop(holder);
+    let report = running.reload(moved).await;
+    assert_eq!(report, ReloadReport { osc_restarted: true, routes: 1, ..ReloadReport::default() });
+    assert_eq!(osc_port(&running), wanted);
+    send_osc(wanted, "/in", vec![OscType::Int(2)]).await;
+    assert_eq!(td.next(WAIT).await.args, vec![OscType::Float(2.0)]);
+    running.stop().await;
+}
