@@ -35,7 +35,7 @@ pub struct CablesConfig {
 pub enum Received {
     /// An object or a trigger for the router.
     Message(Message),
-    /// Another client's control message; `stopped`/`resumed` say whether it
+    /// Another client's control message: its Allow Send, and whether it
     /// changed our right to send.
     Control { from: String, allow_send: bool, changed: bool },
     /// One of our own messages echoed back by the server.

@@ -491,8 +491,11 @@ impl Router {
                     self.apply_now(control);
                 }
                 Err(why) => {
-                    bump(&self.outputs.stats.bad_control_commands);
-                    tracing::warn!(name = %message.name, why, "ignored a control message");
+                    if let Some(count) =
+                        crate::stats::bump_loggable(&self.outputs.stats.bad_control_commands)
+                    {
+                        tracing::warn!(name = %message.name, why, count, "ignored a control message");
+                    }
                 }
             }
             return;
@@ -659,8 +662,11 @@ impl Router {
                     self.publish_view();
                 }
                 None => {
-                    bump(&self.outputs.stats.bad_control_commands);
-                    tracing::warn!(route = %name, "control: no route by that name");
+                    if let Some(count) =
+                        crate::stats::bump_loggable(&self.outputs.stats.bad_control_commands)
+                    {
+                        tracing::warn!(route = %name, count, "control: no route by that name");
+                    }
                 }
             },
             Control::Resend => {

@@ -205,13 +205,19 @@ impl Connection {
             };
             match crate::tls::client_config(settings) {
                 Ok(tls) => Some(Connector::Rustls(Arc::new(tls))),
-                Err(err) => return Step::Lost { reason: err.to_string(), code: None },
+                Err(err) => {
+                    let reason = format!("socketcluster.ca_file: {err}");
+                    return Step::Lost { reason, code: None };
+                }
             }
         } else {
             Some(Connector::Plain)
         };
         // Frames above our own limit are skipped by us (counted), not by
-        // tungstenite, which would close the connection instead.
+        // tungstenite, which would close the connection instead. Only a
+        // frame above 64 MiB (or max_frame_bytes, when larger) is refused
+        // by tungstenite, which ends the connection: reading it whole just
+        // to skip it would cost that much memory.
         let limit = self.config.max_frame_bytes.max(64 << 20);
         // tungstenite zero-fills the free part of its read buffer before
         // every read, WouldBlock included: at its 128 KiB default that memset
@@ -308,11 +314,23 @@ impl Connection {
                     None
                 }
             };
+            // Once the connection has ended, what the same frames carried
+            // for the router is still delivered; the rest belonged to the
+            // connection (acks, subscribes) and is renewed after a reconnect.
+            let mut ended = None;
             for output in out.drain(..) {
+                if ended.is_some() {
+                    if let Output::Deliver(message) = output {
+                        self.deliver(message);
+                    }
+                    continue;
+                }
                 match output {
                     Output::Send(text) => {
                         if let Err(err) = ws.feed(Message::text(text)).await {
-                            return Step::Lost { reason: describe_ws_error(&err), code: None };
+                            ended =
+                                Some(Step::Lost { reason: describe_ws_error(&err), code: None });
+                            continue;
                         }
                         ScStats::bump(&self.stats.frames_out);
                     }
@@ -341,9 +359,12 @@ impl Connection {
                     }
                     Output::Close { code, reason } => {
                         close(&mut ws, code, &reason).await;
-                        return Step::Lost { reason, code: Some(code) };
+                        ended = Some(Step::Lost { reason, code: Some(code) });
                     }
                 }
+            }
+            if let Some(ended) = ended {
+                return ended;
             }
             if let Some(step) = step {
                 match &step {

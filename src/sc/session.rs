@@ -416,8 +416,11 @@ impl Session {
                         self.set_authenticated(true, out);
                     }
                     None => {
-                        ScStats::bump(&self.stats.malformed_frames);
-                        tracing::warn!("#setAuthToken without a token; ignored");
+                        if let Some(count) =
+                            crate::stats::bump_loggable(&self.stats.malformed_frames)
+                        {
+                            tracing::warn!(count, "#setAuthToken without a token; ignored");
+                        }
                     }
                 }
             }
@@ -453,13 +456,15 @@ impl Session {
 
     fn on_publish(&mut self, data: Option<Value>, out: &mut Vec<Output>) {
         let Some(Value::Object(mut fields)) = data else {
-            ScStats::bump(&self.stats.malformed_frames);
-            tracing::warn!("#publish without a channel; ignored");
+            if let Some(count) = crate::stats::bump_loggable(&self.stats.malformed_frames) {
+                tracing::warn!(count, "#publish without a channel; ignored");
+            }
             return;
         };
         let Some(Value::String(channel)) = fields.remove("channel") else {
-            ScStats::bump(&self.stats.malformed_frames);
-            tracing::warn!("#publish without a channel name; ignored");
+            if let Some(count) = crate::stats::bump_loggable(&self.stats.malformed_frames) {
+                tracing::warn!(count, "#publish without a channel name; ignored");
+            }
             return;
         };
         if !self.subscriptions.contains_key(&channel) {
