@@ -161,3 +161,19 @@ async fn a_reload_to_a_taken_osc_port_keeps_the_old_settings_and_the_next_reload
     assert_eq!(td.next(WAIT).await.args, vec![OscType::Float(2.0)]);
     running.stop().await;
 }
+
+/// A `wss://` link whose CA file cannot be read fails the start with an
+/// error that names the setting, instead of retrying a doomed connection.
+#[tokio::test]
+async fn a_missing_socketcluster_ca_file_fails_the_start_and_names_the_key() {
+    let toml = r#"
+[socketcluster]
+url = "wss://127.0.0.1:9/socketcluster/"
+ca_file = "/nonexistent/scbridge-test-ca.pem"
+"#;
+    let config = Config::from_toml(toml, "test.toml").expect("valid test config");
+    let error = bridge::start(config).await.err().expect("the start fails");
+    let text = error.to_string();
+    assert!(text.starts_with("socketcluster.ca_file: "), "{text}");
+    assert!(text.contains("/nonexistent/scbridge-test-ca.pem"), "{text}");
+}

@@ -114,6 +114,8 @@ pub enum BridgeError {
     Mqtt(#[from] crate::mqtt::MqttError),
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
+    #[error("socketcluster.ca_file: {0}")]
+    ScTls(#[source] crate::tls::TlsError),
 }
 
 /// What can be asked of a running bridge, from signals, OSC or MQTT.
@@ -313,10 +315,25 @@ fn start_mqtt(
     Ok(Some(Endpoint { handle, stop }))
 }
 
+/// A `wss://` link builds its TLS settings on every connect; a CA file that
+/// cannot be used fails the start here, rather than every attempt later.
+fn check_sc_tls(sc: &crate::sc::ScConfig) -> Result<(), BridgeError> {
+    if sc.url.scheme() != "wss" || sc.ca_file.is_none() {
+        return Ok(());
+    }
+    let settings = crate::tls::TlsSettings {
+        verify: sc.verify_tls,
+        ca_file: sc.ca_file.as_deref(),
+        client_auth: None,
+    };
+    crate::tls::client_config(settings).map(drop).map_err(BridgeError::ScTls)
+}
+
 /// Starts every configured endpoint and the router task. Only local
 /// resources can fail here (an OSC port, a TLS file); remote peers being
 /// down is just a retry.
 pub async fn start(config: Config) -> Result<Running, BridgeError> {
+    check_sc_tls(&config.socketcluster)?;
     let shutdown = CancellationToken::new();
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let osc = start_osc(&config, &inbound_tx).await?;

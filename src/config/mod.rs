@@ -459,6 +459,15 @@ mod tests {
     }
 
     #[test]
+    fn an_mqtt_source_with_a_nul_is_named_with_its_line() {
+        let (key, line, message) = error_of(
+            "[socketcluster]\nurl = \"ws://h/socketcluster/\"\n[mqtt]\nurl = \"mqtt://h\"\n\n[[route]]\nname = \"r\"\nfrom = { mqtt = \"a\\u0000b\" }\nto = [{ sc_channel = \"c\" }]\n",
+        );
+        assert_eq!((key.as_str(), line), ("route[0].from.mqtt", 8));
+        assert!(message.contains("NUL"), "{message}");
+    }
+
+    #[test]
     fn every_queue_size_is_bounded_and_named_with_its_line() {
         let sc = "[socketcluster]\nurl = \"ws://h/socketcluster/\"\n";
         for (table, key, line) in [

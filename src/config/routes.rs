@@ -144,6 +144,12 @@ fn validate_source(raw: &RawEnd, key: &str, links: &Links<'_>) -> Result<Source,
                 "SocketCluster has no wildcard subscriptions; name the channel or event exactly",
             ));
         }
+        SourceKind::Mqtt if text.contains('\0') || text.len() > usize::from(u16::MAX) => {
+            return Err(Problem::new(
+                &kind_key,
+                "an MQTT topic filter has no NUL and at most 65535 bytes",
+            ));
+        }
         SourceKind::Osc => {
             if !text.starts_with('/') {
                 return Err(Problem::new(&kind_key, "an OSC address starts with '/'"));
@@ -224,6 +230,12 @@ fn validate_destination(
         only_for(key, option, set, is(SourceKind::Osc), "osc destinations")?;
     }
     let target = match kind {
+        SourceKind::Mqtt if text.contains('\0') || text.len() > usize::from(u16::MAX) => {
+            return Err(Problem::new(
+                &kind_key,
+                "an MQTT topic filter has no NUL and at most 65535 bytes",
+            ));
+        }
         SourceKind::Osc => {
             if !text.starts_with('/') {
                 return Err(Problem::new(&kind_key, "an OSC address starts with '/'"));

@@ -151,9 +151,9 @@ pub enum MqttLinkState {
 /// of these: it is retried.
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    #[error("MQTT TLS setup: {0}")]
+    #[error("MQTT TLS setup (mqtt.ca_file, mqtt.client_cert, mqtt.client_key): {0}")]
     Tls(String),
-    #[error("cannot read {path}: {source}")]
+    #[error("mqtt.password_file: cannot read {path}: {source}")]
     ReadFile { path: std::path::PathBuf, source: std::io::Error },
     #[error("`{0}` is not a valid MQTT topic filter")]
     InvalidFilter(String),
