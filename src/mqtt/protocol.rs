@@ -188,11 +188,20 @@ pub(crate) enum Connection {
 impl Connection {
     /// The next event; after an `Err` the next call reconnects (with no
     /// delay of its own, so the caller waits first).
-    pub async fn poll(&mut self) -> Result<Event, String> {
+    pub async fn poll(&mut self) -> Result<Event, PollError> {
         match self {
             Connection::V311(eventloop) => {
                 use rumqttc::{Event as E, Packet};
-                Ok(match eventloop.poll().await.map_err(|e| e.to_string())? {
+                let event = eventloop.poll().await.map_err(|e| PollError {
+                    oversized_incoming: matches!(
+                        e,
+                        rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                            rumqttc::Error::PayloadSizeLimitExceeded(_)
+                        ))
+                    ),
+                    reason: e.to_string(),
+                })?;
+                Ok(match event {
                     E::Incoming(Packet::ConnAck(_)) => Event::ConnAck,
                     E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V311(p)),
                     E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
@@ -212,7 +221,16 @@ impl Connection {
             Connection::V5(eventloop) => {
                 use v5::Event as E;
                 use v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
-                Ok(match eventloop.poll().await.map_err(|e| e.to_string())? {
+                let event = eventloop.poll().await.map_err(|e| PollError {
+                    oversized_incoming: matches!(
+                        e,
+                        v5::ConnectionError::MqttState(v5::StateError::Deserialization(
+                            v5::mqttbytes::Error::PayloadSizeLimitExceeded { .. }
+                        ))
+                    ),
+                    reason: e.to_string(),
+                })?;
+                Ok(match event {
                     E::Incoming(Packet::ConnAck(_)) => Event::ConnAck,
                     E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V5(p)),
                     E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
@@ -292,6 +310,16 @@ fn network_options() -> rumqttc::NetworkOptions {
 
 /// Builds the client and its event loop; nothing connects until the event
 /// loop is polled.
+/// Why polling the connection failed.
+#[derive(Debug)]
+pub(crate) struct PollError {
+    pub reason: String,
+    /// An incoming packet was over the hard packet limit. rumqttc can only
+    /// end the connection over it; a retained one comes back after every
+    /// reconnect.
+    pub oversized_incoming: bool,
+}
+
 pub(crate) fn build(config: &MqttConfig, setup: Setup) -> (Client, Connection) {
     let transport = setup.tls.map(|tls| {
         rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls)))

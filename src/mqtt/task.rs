@@ -353,10 +353,13 @@ impl Driver {
                 // before the broker has read the DISCONNECT, and the broker
                 // would then publish the last will after all.
                 Ok(Event::SubAck { .. } | Event::Other) => Next::Continue,
-                Err(reason) => {
+                Err(failure) => {
                     let was_connected = std::mem::replace(&mut connected, false);
                     awaiting_suback = false;
-                    self.on_error(reason, was_connected).await
+                    if failure.oversized_incoming {
+                        self.on_oversized_incoming(&failure.reason);
+                    }
+                    self.on_error(failure.reason, was_connected).await
                 }
             };
             if let Next::Stop = next {
@@ -464,6 +467,20 @@ impl Driver {
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 tracing::debug!("no consumer for incoming MQTT messages");
             }
+        }
+    }
+
+    /// The broker sent a packet over the hard limit, which MQTT 3.1.1 gives
+    /// no way to refuse: the connection ends. Said loudly, because a
+    /// retained message that large comes back after every reconnect.
+    fn on_oversized_incoming(&self, reason: &str) {
+        if let Some(count) = crate::stats::bump_loggable(&self.shared.stats.oversized_in) {
+            tracing::error!(
+                broker = %self.broker,
+                %reason,
+                count,
+                "an incoming MQTT message over the packet limit ended the connection; if it is retained it comes back after each reconnect: clear it on the broker, or use protocol = \"5\" so that the broker drops it"
+            );
         }
     }
 
