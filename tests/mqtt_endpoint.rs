@@ -236,9 +236,9 @@ async fn clean_shutdown(protocol: MqttProtocol) {
     assert_eq!(watcher.next_message(WAIT).await, received(&bridge.availability, "online", true));
 
     bridge.send("out/last", Body::Value(json!("bye")), false);
-    let started = Instant::now();
-    bridge.handle.shutdown().await;
-    assert!(started.elapsed() < Duration::from_secs(2), "shutdown took {:?}", started.elapsed());
+    tokio::time::timeout(WAIT, bridge.handle.shutdown())
+        .await
+        .expect("shutdown returns instead of hanging");
 
     assert_eq!(watcher.next_message(WAIT).await, received("out/last", "bye", false));
     assert_eq!(watcher.next_message(WAIT).await, received(&bridge.availability, "offline", true));
@@ -259,7 +259,7 @@ async fn clean_shutdown(protocol: MqttProtocol) {
 }
 
 /// `shutdown()` sends what was already handed over, then a retained
-/// `offline`, then disconnects cleanly, well within its 2 s (MQTT 3.1.1).
+/// `offline`, then disconnects cleanly (MQTT 3.1.1).
 #[tokio::test]
 async fn shutdown_sends_what_was_queued_then_offline_and_disconnects_cleanly_over_3_1_1() {
     clean_shutdown(MqttProtocol::V311).await;
