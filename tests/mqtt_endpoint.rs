@@ -4,7 +4,7 @@
 mod support;
 
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use scbridge::message::{Body, Message, Refused, SourceKind};
 use scbridge::mqtt::{
@@ -327,28 +327,51 @@ async fn after_a_broker_restart_the_bridge_resubscribes_and_delivers_the_queue_o
 }
 
 /// A broker that is down at start is just retried, with a delay that
-/// doubles per failed attempt, and the bridge connects as soon as it is up.
+/// doubles per failed attempt up to the maximum, and the bridge connects as
+/// soon as it is up.
 #[tokio::test]
 async fn a_broker_down_at_start_is_retried_with_growing_delays_until_it_is_up() {
     let mut broker = Mosquitto::start().await;
     broker.kill().await;
     let bridge = Bridge::start(config(&broker, MqttProtocol::V311, "late"), &["in/#"]);
-    let state = bridge.disconnected().await;
-    let first_failure = Instant::now();
-    assert!(
-        matches!(&state, MqttLinkState::Disconnected { retry_in, .. } if *retry_in == Duration::from_millis(100)),
-        "{state:?}"
-    );
-    bridge.stat_reaches(|s| &s.connect_failures, 3).await;
-    // 100 ms, then 200 ms: rumqttc alone would retry at once.
-    assert!(
-        first_failure.elapsed() >= Duration::from_millis(250),
-        "three failures within {:?}",
-        first_failure.elapsed()
-    );
+    // From `config`: 100 ms, doubled per failure, at most 400 ms.
+    let ladder = [100, 200, 400].map(Duration::from_millis);
+
+    let seen = retry_delays_until(&bridge, ladder[2]).await;
+
+    assert!(seen.windows(2).all(|pair| pair[0].1 <= pair[1].1), "a delay shrank: {seen:?}");
+    for &(failures, retry_in) in &seen {
+        assert!(ladder.contains(&retry_in), "{retry_in:?} is not a doubling of 100 ms: {seen:?}");
+        // The count is bumped before the state is published, so it is at
+        // least the number of the failure whose delay was seen.
+        let most = ladder[failures.clamp(1, 3) as usize - 1];
+        assert!(retry_in <= most, "{retry_in:?} after {failures} failures: {seen:?}");
+    }
     broker.restart().await;
     bridge.connected().await;
     assert_eq!(bridge.stat(|s| &s.connections), 1);
+}
+
+/// Every reconnect delay the endpoint publishes, as `(connect failures
+/// counted when it was seen, retry_in)`, until one is `last`. A watch only
+/// shows the latest state, so a delay may be missed, never invented.
+async fn retry_delays_until(bridge: &Bridge, last: Duration) -> Vec<(u64, Duration)> {
+    let mut states = bridge.handle.link_state();
+    let mut seen = Vec::new();
+    let reached = tokio::time::timeout(WAIT, async {
+        loop {
+            if let MqttLinkState::Disconnected { retry_in, .. } = &*states.borrow_and_update() {
+                seen.push((bridge.stat(|s| &s.connect_failures), *retry_in));
+                if *retry_in == last {
+                    return;
+                }
+            }
+            states.changed().await.expect("the endpoint is alive");
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "no delay of {last:?} within the wait: {seen:?}");
+    seen
 }
 
 /// With MQTT 3.1.1 the bridge recognises its own publish coming back on
