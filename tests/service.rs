@@ -213,12 +213,14 @@ async fn sigterm_with_queued_messages_exits_cleanly_and_says_offline() {
     server.next_socket_id(WAIT).await;
 
     server.kill().await;
+    // Sent before the daemon noticed, they could go into the dying socket
+    // and be lost instead of queued.
+    wait_until(|| daemon.log().contains("SocketCluster link down"), WAIT, "the link noticed down")
+        .await;
     let osc_addr = daemon.listening("OSC listening", WAIT).await;
     for n in 0..3 {
         send_osc(osc_addr, "/a", vec![OscType::Int(n)]).await;
     }
-    wait_until(|| daemon.log().contains("SocketCluster link down"), WAIT, "the link noticed down")
-        .await;
     let queued = r#"scbridge_queue_depth{queue="socketcluster_send"}"#;
     wait_until(
         || async { metric(&http_get(http, "/metrics").await.1, queued) == 3.0 },
