@@ -11,7 +11,8 @@ use std::time::Duration;
 use rosc::{OscBundle, OscMessage, OscPacket, OscTime, OscType};
 use scbridge::message::{Body, Message, Refused, SourceKind};
 use scbridge::osc::{
-    NumberType, OscConfig, OscEndpoint, OscHandle, OscOut, OscOutOptions, OscTarget, TriggerStyle,
+    NumberType, OscConfig, OscEndpoint, OscError, OscHandle, OscOut, OscOutOptions, OscTarget,
+    TriggerStyle,
 };
 use scbridge::stats::get;
 use serde_json::{Value, json};
@@ -295,6 +296,18 @@ async fn a_trigger_goes_out_with_no_arguments() {
     assert_eq!(next_osc(&receiver).await.args, vec![OscType::Float(1.0)]);
 }
 
+/// A socket whose port answers every other sender as a closed port does:
+/// connected to a peer of its own, it takes datagrams from that peer only,
+/// so the kernel refuses the rest with ICMP port-unreachable. Unlike a
+/// socket that was closed, it keeps the port, so no test running alongside
+/// can bind it and be sent datagrams meant for nobody.
+async fn deaf_socket() -> UdpSocket {
+    let only_peer = peer().await;
+    let deaf = peer().await;
+    deaf.connect(only_peer.local_addr().unwrap()).await.expect("connected to its peer");
+    deaf
+}
+
 /// A target nobody listens on, and a send the socket refuses, do not stop
 /// the sender: the refusal is counted and the next message to a live target
 /// arrives. (Linux does not report ICMP port-unreachable on an unconnected
@@ -302,13 +315,11 @@ async fn a_trigger_goes_out_with_no_arguments() {
 /// send the kernel always refuses.)
 #[tokio::test]
 async fn a_failed_send_is_counted_and_the_next_message_to_a_live_target_still_arrives() {
-    let closed = {
-        let socket = peer().await;
-        socket.local_addr().unwrap()
-    };
+    let nobody = deaf_socket().await;
     let unsendable = SocketAddr::from(([127, 0, 0, 1], 0));
     let receiver = peer().await;
-    let running = start_sending_to(&[closed, unsendable, receiver.local_addr().unwrap()]).await;
+    let targets = [nobody.local_addr().unwrap(), unsendable, receiver.local_addr().unwrap()];
+    let running = start_sending_to(&targets).await;
 
     running.handle.send(out(0, "/nobody", json!(1), OscOutOptions::default())).expect("queued");
     running.handle.send(out(1, "/refused", json!(2), OscOutOptions::default())).expect("queued");
@@ -322,6 +333,8 @@ async fn a_failed_send_is_counted_and_the_next_message_to_a_live_target_still_ar
     assert_eq!(get(&stats.send_errors), 1);
     wait_for_count(&stats.messages_out, 2).await;
     assert_eq!(get(&stats.messages_out), 2);
+    let mut buffer = [0u8; 64];
+    assert!(nobody.try_recv(&mut buffer).is_err(), "the target nobody listens on heard /nobody");
 }
 
 /// A value the route's fixed types cannot take, and a target index that
@@ -390,24 +403,47 @@ async fn a_full_inbound_queue_counts_inbound_queue_full() {
     assert!(running.inbound.try_recv().is_err(), "the other two were dropped");
 }
 
+/// An endpoint whose one target is its own listener, and that address.
+///
+/// The target must be named before the endpoint binds the listener, so the
+/// port is borrowed from the kernel and released; a test running alongside
+/// may take it in between, and then another port is tried.
+async fn start_sending_to_its_own_listener() -> (Running, SocketAddr) {
+    let mut last_error = None;
+    for _ in 0..5 {
+        let listen = std::net::UdpSocket::bind(loopback())
+            .and_then(|probe| probe.local_addr())
+            .expect("a free port");
+        let config = OscConfig {
+            listen: vec![listen],
+            targets: vec![OscTarget { name: "self".into(), address: listen, broadcast: false }],
+            ..OscConfig::default()
+        };
+        let (tx, inbound) = mpsc::channel(8);
+        let shutdown = CancellationToken::new();
+        match OscEndpoint::start(&config, tx, shutdown.clone()).await {
+            Ok(handle) => {
+                let running =
+                    Running { handle, inbound, _stop: shutdown.clone().drop_guard(), shutdown };
+                return (running, listen);
+            }
+            Err(OscError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                last_error = Some(source);
+            }
+            Err(err) => panic!("the endpoint does not start: {err}"),
+        }
+    }
+    panic!("every borrowed port was taken again: {last_error:?}");
+}
+
 /// A packet from the endpoint's own send socket to its own listener is
 /// ignored and counted as own_echoes, so a target that loops back to a
 /// listener cannot feed the bridge its own output.
 #[tokio::test]
 async fn a_packet_from_the_endpoints_own_send_socket_is_ignored() {
-    // The listener must also be a target, so its port is needed before the
-    // endpoint starts: borrow a free one from the kernel and release it.
-    let port = {
-        let probe = std::net::UdpSocket::bind(loopback()).expect("a free port");
-        probe.local_addr().unwrap().port()
-    };
-    let listen = SocketAddr::from(([127, 0, 0, 1], port));
-    let config = OscConfig {
-        listen: vec![listen],
-        targets: vec![OscTarget { name: "self".into(), address: listen, broadcast: false }],
-        ..OscConfig::default()
-    };
-    let mut running = start(config, 8).await;
+    let (mut running, listen) = start_sending_to_its_own_listener().await;
 
     let handle = running.handle.clone();
     handle.send(out(0, "/echo", json!(1), OscOutOptions::default())).expect("queued");
