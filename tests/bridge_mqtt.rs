@@ -247,7 +247,7 @@ async fn after_a_broker_restart_routes_from_and_to_mqtt_work_again() {
             r#"
 [[route]]
 from = { osc = "/td/*" }
-to = [{ mqtt = "out/*", qos = 1 }]
+to = [{ mqtt = "out/*", qos = 1, retain = true }]
 
 [[route]]
 from = { mqtt = "in/#" }
@@ -271,10 +271,13 @@ to = [{ osc = "/back/{1}" }]
         .expect("reconnected")
         .expect("alive");
 
+    // Retained, so the queued message is there for this subscriber whether
+    // the bridge flushed it before or after the subscription; it went out
+    // before the one sent now, so it comes first.
     let mut out = mosquitto::subscribe(peers.broker.port(), "out/#").await;
-    // The queued message went out on reconnect, before this subscriber
-    // existed; a new one shows the route works.
     send_osc(osc_in(&running), "/td/after", vec![OscType::Int(2)]).await;
+    let queued = out.next_message(WAIT).await;
+    assert_eq!((queued.topic.as_str(), queued.text().as_str()), ("out/while-down", "1"));
     let after = out.next_message(WAIT).await;
     assert_eq!((after.topic.as_str(), after.text().as_str()), ("out/after", "2"));
     mosquitto::publish(peers.broker.port(), "in/x/y", "3", 1, false).await;
