@@ -1451,39 +1451,41 @@ impl Bridge {
         rx_port: u16,
         reverse_max_rate: Option<f64>,
     ) -> Result<Bridge> {
-        for attempt in 0..3 {
-            let listen_port = free_udp_port()?;
-            let config = dir.join("bridge.toml");
-            std::fs::write(
-                &config,
-                bridge_config(sc_port, mqtt_port, listen_port, rx_port, reverse_max_rate),
-            )?;
-            let log = dir.join(format!("scbridge-{attempt}.log"));
-            let mut child = Command::new(binary)
-                .args(["run", "--log-level", "warn", "--config"])
-                .arg(&config)
-                .env_remove("RUST_LOG")
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log)?)
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("run {}", binary.display()))?;
-            let pid = child.id().context("scbridge's pid")?;
-            // A bind failure shows at once; the links come up in the warm-up.
-            sleep(Duration::from_millis(300)).await;
+        let config = dir.join("bridge.toml");
+        std::fs::write(&config, bridge_config(sc_port, mqtt_port, rx_port, reverse_max_rate))?;
+        let log = dir.join("scbridge.log");
+        let mut child = Command::new(binary)
+            // Warnings only, but the OSC module's start-up lines too: they
+            // say which port the listener got. It logs nothing at info per
+            // message, so the hot path writes no more than before.
+            .args(["run", "--log-level", "warn,scbridge::osc=info", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("run {}", binary.display()))?;
+        let pid = child.id().context("scbridge's pid")?;
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(osc_listen) = osc_listen_address(&text) {
+                let osc_listen = osc_listen
+                    .parse()
+                    .with_context(|| format!("scbridge's OSC listen address {osc_listen}"))?;
+                return Ok(Bridge { child, pid, osc_listen, log });
+            }
             if let Some(status) = child.try_wait()? {
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                if text.contains("cannot bind OSC socket") {
-                    continue;
-                }
                 bail!("scbridge exited with {status}:\n{text}");
             }
-            let osc_listen = SocketAddr::from(([127, 0, 0, 1], listen_port));
-            return Ok(Bridge { child, pid, osc_listen, log });
+            if Instant::now() > deadline {
+                bail!("scbridge logged no OSC listen address within {STARTUP_TIMEOUT:?}:\n{text}");
+            }
+            sleep(Duration::from_millis(20)).await;
         }
-        bail!("scbridge found every chosen OSC port taken; gave up after 3 tries")
     }
 
     fn check_alive(&mut self) -> Result<()> {
@@ -1509,10 +1511,17 @@ impl Bridge {
     }
 }
 
+/// The `listen=` field of scbridge's `OSC listening` log line: where its
+/// OSC listener, asked for port 0, was bound.
+fn osc_listen_address(log: &str) -> Option<&str> {
+    log.lines()
+        .filter(|line| line.contains("OSC listening"))
+        .find_map(|line| line.split_whitespace().find_map(|field| field.strip_prefix("listen=")))
+}
+
 fn bridge_config(
     sc_port: u16,
     mqtt_port: u16,
-    listen_port: u16,
     rx_port: u16,
     reverse_max_rate: Option<f64>,
 ) -> String {
@@ -1527,7 +1536,7 @@ channel = "bench"
 client_id = "scbridge-bench"
 
 [osc]
-listen = ["127.0.0.1:{listen_port}"]
+listen = ["127.0.0.1:0"]
 queue_size = 65536
 
 [osc.targets]
@@ -1558,10 +1567,6 @@ to = [{{ cables_object = "rev/m{{1}}" }}]
 
 fn free_tcp_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn free_udp_port() -> Result<u16> {
-    Ok(StdUdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// The last `lines` lines of a file.
