@@ -1,7 +1,8 @@
 //! The benchmark binary, run as a user runs it (`scbridge-bench --quick`)
 //! against the real peers, so that it cannot rot between measurements. It
 //! asserts on what arrived, never on how fast: every phase delivers every
-//! message to every output, and the references the summary divides by are
+//! message to every output (but for datagrams the kernel counts as dropped
+//! at a full UDP socket), and the references the summary divides by are
 //! there where they belong.
 
 use std::path::PathBuf;
@@ -33,7 +34,16 @@ fn a_quick_benchmark_run_delivers_every_message_to_every_output() {
         let sent = figure(&format!("{phase}.sent"));
         assert!(sent > 0.0, "{phase} sent nothing");
         for output in ["plain", "osc", "mqtt"] {
-            assert_eq!(figure(&format!("{phase}.{output}.received")), sent, "{phase} {output}");
+            // UDP may be dropped by the kernel when the bench's receive
+            // buffer is full (a busy machine); that loss is the bench's,
+            // counted apart, and scbridge must account for the rest.
+            let kernel_drops =
+                if output == "osc" { figure(&format!("{phase}.rx_socket_drops")) } else { 0.0 };
+            assert_eq!(
+                figure(&format!("{phase}.{output}.received")) + kernel_drops,
+                sent,
+                "{phase} {output}: received plus {kernel_drops} dropped by the kernel"
+            );
             assert_eq!(figure(&format!("{phase}.{output}.duplicates")), 0.0, "{phase} {output}");
         }
         assert!(figure(&format!("{phase}.floor_cpu_us_per_msg")) > 0.0, "{phase} has no floor");
@@ -42,13 +52,15 @@ fn a_quick_benchmark_run_delivers_every_message_to_every_output() {
     let sent = figure("paced_1k.sent");
     assert_eq!(figure("paced_1k.broker.received"), sent, "paced_1k broker reference");
     assert!(figures.get("paced_10k.broker.received").is_none(), "the broker timed at 10,000/s");
-    for phase in ["reverse_osc", "reverse_mqtt"] {
-        assert_eq!(
-            figure(&format!("{phase}.received")),
-            figure(&format!("{phase}.sent")),
-            "{phase}"
-        );
-    }
+    // Datagrams the kernel dropped at scbridge's full OSC socket never
+    // reached it; everything it did get arrives.
+    let kernel_drops = figure("reverse_osc.bridge_socket_drops");
+    assert_eq!(
+        figure("reverse_osc.received") + kernel_drops,
+        figure("reverse_osc.sent"),
+        "reverse_osc: received plus {kernel_drops} dropped by the kernel"
+    );
+    assert_eq!(figure("reverse_mqtt.received"), figure("reverse_mqtt.sent"), "reverse_mqtt");
     assert!(figure("rss.peak_kib") > 0.0);
     assert_eq!(figure("bridge.log_warnings"), 0.0, "scbridge logged warnings:\n{stderr}");
 }
