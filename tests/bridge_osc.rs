@@ -407,7 +407,7 @@ to = [{ sc_event = "note" }, { sc_channel = "notes" }]
 
 /// A route from the OSC address `/fader` to the SocketCluster channel
 /// `fader`, at most `per_second` values a second.
-fn fader_route(per_second: u32) -> String {
+fn fader_route(per_second: f64) -> String {
     format!(
         "\n[[route]]\nname = \"fader\"\nfrom = {{ osc = \"/fader\" }}\nto = [{{ sc_channel = \"fader\" }}]\nmax_rate = {per_second}\n"
     )
@@ -425,7 +425,7 @@ async fn move_fader(running: &Running, count: i32) {
 /// replaced, and the latest value always arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_route_coalesces_and_always_delivers_the_latest_value() {
-    let (server, _td, running) = bridge_with(&fader_route(20)).await;
+    let (server, _td, running) = bridge_with(&fader_route(20.0)).await;
     let socket_id = server.socket_ids().await.pop().expect("the bridge's socket");
     move_fader(&running, 50).await;
     server.next_line_matching(|l| l == format!("PUBLISH {socket_id} fader 49"), WAIT).await;
@@ -449,7 +449,8 @@ from = { osc = "/later" }
 to = [{ sc_channel = "later" }]
 delay_ms = 60000
 "#;
-    let (server, _td, running) = bridge_with(&format!("{}{delayed}", fader_route(1))).await;
+    // One value per 100 s: the second value's turn cannot come during the test.
+    let (server, _td, running) = bridge_with(&format!("{}{delayed}", fader_route(0.01))).await;
     let socket_id = server.socket_ids().await.pop().expect("the bridge's socket");
     move_fader(&running, 2).await;
     send_osc(osc_port(&running), "/later", vec![OscType::Int(7)]).await;
