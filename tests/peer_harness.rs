@@ -160,43 +160,31 @@ async fn silenced_socket_gets_no_more_pings_but_stays_open() {
     let server = ScServer::start(ScServerOptions::new().ping_interval_ms(100).raw_log()).await;
     let client = JsClient::interactive(server.port(), 2).await;
     let id = client.socket_id().expect("interactive waits for the connection").to_owned();
-    // A ping to this socket sent at or after `since` (ms since the epoch).
-    let is_ping = |line: &str, since: u64| {
-        serde_json::from_str::<Value>(line).is_ok_and(|frame| {
-            frame["socket"] == id.as_str()
-                && frame["dir"] == "out"
-                && frame["frame"] == ""
-                && frame["t"].as_u64().is_some_and(|t| t >= since)
-        })
+    let frames = server.stderr();
+    let for_this_socket = |line: &str, matches: fn(&Value) -> bool| {
+        serde_json::from_str::<Value>(line)
+            .is_ok_and(|record| record["socket"] == id.as_str() && matches(&record))
     };
+    let is_ping =
+        |line: &str| for_this_socket(line, |frame| frame["dir"] == "out" && frame["frame"] == "");
+    let is_silenced = |line: &str| for_this_socket(line, |record| record["silenced"] == true);
     for _ in 0..2 {
-        server
-            .stderr()
-            .wait_for(|line| is_ping(line, 0), WAIT)
-            .await
-            .expect("the server pings every 100 ms");
+        frames.wait_for(is_ping, WAIT).await.expect("the server pings every 100 ms");
     }
 
     server.command(&format!("silence {id}")).await;
-    // The server logs a ping before it sends it, and it acted on `silence`
-    // before answering OK, so any ping from now on came after the silence.
-    let silenced_at = now_ms();
-    let late_ping = server
-        .stderr()
-        .wait_for(|line| is_ping(line, silenced_at), Duration::from_millis(800))
-        .await;
+    // The server logs a ping before it sends it, and marks the silence in
+    // the same log, so the order of the lines tells what came after.
+    let silenced = frames.wait_for_index(0, is_silenced, WAIT).await.expect("the silence logged");
+    let late_ping = frames.wait_for_index(silenced + 1, is_ping, Duration::from_millis(800)).await;
 
-    assert_eq!(late_ping, None, "a ping after silence");
+    assert_eq!(
+        late_ping.map(|index| frames.snapshot()[index].clone()),
+        None,
+        "a ping after silence"
+    );
     assert_eq!(server.socket_ids().await, vec![id.clone()]);
     assert_eq!(server.count_lines("DISCONNECT "), 0);
-}
-
-/// Milliseconds since the Unix epoch, as the frame log's `t`.
-fn now_ms() -> u64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("the clock is after 1970");
-    u64::try_from(since_epoch.as_millis()).expect("milliseconds fit in u64")
 }
 
 /// Protocol 1 pings with "#1" and the JS client answers "#2".

@@ -19,7 +19,8 @@
 //   --log         server warnings and errors as text on stderr
 //   --raw         every frame of every socket as a JSON line on stderr:
 //                 {"t":<ms>,"socket":<id>,"dir":"in"|"out","frame":<text>}
-//                 plus {"t","socket","dir":"close","code","reason"}
+//                 plus {"t","socket","dir":"close","code","reason"}, and
+//                 {"t","socket","silenced":true} where `silence` took effect
 //   --exit-with-stdin   shut down (as on SIGTERM) when stdin closes, so a
 //                 server whose test process died does not linger
 //   --tls-cert FILE --tls-key FILE   serve wss:// (HTTPS) with this PEM
@@ -476,6 +477,9 @@ function silence(socket) {
   // Inbound messages call this to re-arm the pong timer; a no-op on the
   // instance shadows the prototype method.
   socket._resetPongTimeout = () => {};
+  // In the frame log's own order, so a test can tell the pings sent before
+  // the silence from any sent after it.
+  if (args.raw) rawLog({socket: socket.id, silenced: true});
 }
 
 // Splits "<a> <b> <rest...>" keeping the rest (JSON, reasons) intact.

@@ -246,7 +246,7 @@ impl Lines {
     /// Waits for the first line at index `start` or later that satisfies
     /// `matches`, consumed or not, and returns its index. `None` on timeout
     /// or when the stream closes first.
-    async fn wait_for_index(
+    pub async fn wait_for_index(
         &self,
         start: usize,
         mut matches: impl FnMut(&str) -> bool,
