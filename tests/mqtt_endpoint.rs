@@ -411,6 +411,19 @@ async fn own_publishes_are_not_sent_back_thanks_to_no_local_over_5() {
     assert_eq!(bridge.stat(|s| &s.messages_in), 1);
 }
 
+/// MQTT 3.1.1 gives no way to refuse a message: one over the client's hard
+/// limit (16 MiB at least) ends the connection. A retained one comes back
+/// after every reconnect, and each time it is counted as oversized.
+#[tokio::test]
+async fn a_retained_message_over_the_hard_limit_is_counted_each_time_it_ends_the_connection() {
+    let broker = Mosquitto::start().await;
+    mosquitto::publish(broker.port(), "in/huge", vec![b'x'; 17 * 1024 * 1024], 1, true).await;
+    let bridge = Bridge::start(config(&broker, MqttProtocol::V311, "huge"), &["in/#"]);
+    bridge.stat_reaches(|s| &s.oversized_in, 2).await;
+    assert!(bridge.stat(|s| &s.connections) >= 2, "it reconnected after each one");
+    assert_eq!(bridge.stat(|s| &s.messages_in), 0, "the huge message was never delivered");
+}
+
 async fn odd_payloads(protocol: MqttProtocol) {
     let broker = Mosquitto::start().await;
     let mut settings = config(&broker, protocol, "odd");

@@ -399,8 +399,10 @@ pub async fn publish(port: u16, topic: &str, payload: impl Into<Vec<u8>>, qos: u
         2 => rumqttc::QoS::ExactlyOnce,
         other => panic!("QoS {other} does not exist"),
     };
+    let payload = payload.into();
+    let limit = TEST_PACKET_LIMIT.max(payload.len() + topic.len() + 64);
     let mut options = rumqttc::MqttOptions::new(unique("test-pub"), "127.0.0.1", port);
-    options.set_max_packet_size(TEST_PACKET_LIMIT, TEST_PACKET_LIMIT);
+    options.set_max_packet_size(limit, limit);
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
     client.try_publish(topic, qos, retain, payload).expect("queue the PUBLISH");
     let done = async {
