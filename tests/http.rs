@@ -270,6 +270,10 @@ async fn an_oversized_head_is_refused() {
 }
 
 /// A client that never finishes its request is disconnected after the timeout.
+///
+/// The paused clock skips the 5 s wait. It is safe with real sockets here:
+/// tokio polls for I/O before it advances a paused clock, and loopback I/O
+/// is ready at once, so the clock only jumps once both sides really wait.
 #[tokio::test(start_paused = true)]
 async fn a_silent_client_is_disconnected_after_the_request_timeout() {
     let running = start_listener().await;
