@@ -102,8 +102,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), ServiceErro
     tracing::info!("shutting down");
     notify(&[NotifyState::Stopping]);
     http_stop.cancel();
+    let sc = running.sc();
     if tokio::time::timeout(SHUTDOWN_BOUND, running.stop()).await.is_err() {
-        tracing::warn!(bound = ?SHUTDOWN_BOUND, "shutdown took too long; what was still queued is lost");
+        tracing::warn!(
+            bound = ?SHUTDOWN_BOUND,
+            socketcluster_queued = sc.queued(),
+            "shutdown took too long: exiting; what was still queued is lost"
+        );
     }
     Ok(())
 }

@@ -177,3 +177,23 @@ ca_file = "/nonexistent/scbridge-test-ca.pem"
     assert!(text.starts_with("socketcluster.ca_file: "), "{text}");
     assert!(text.contains("/nonexistent/scbridge-test-ca.pem"), "{text}");
 }
+
+/// A reload to a `wss://` server whose CA file is missing keeps the
+/// running SocketCluster link as it is: no reconnect, the reload says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_an_unusable_socketcluster_ca_file_keeps_the_running_link() {
+    let server = ScServer::start(ScServerOptions::new()).await;
+    let td = OscReceiver::bind().await;
+    let running = start(config(&server, &td, "127.0.0.1:0", PASS_THROUGH)).await;
+    let toml = format!(
+        "[socketcluster]\nurl = \"wss://127.0.0.1:{}/socketcluster/\"\nca_file = \"/nonexistent/ca.pem\"\n[osc]\nlisten = [\"127.0.0.1:0\"]\n[osc.targets]\ntd = \"{}\"\n{PASS_THROUGH}",
+        server.port(),
+        td.addr()
+    );
+    let broken = Config::from_toml(&toml, "test.toml").expect("valid test config");
+    let report = running.reload(broken).await;
+    assert_eq!(report.failed, vec!["socketcluster"]);
+    assert!(!report.socketcluster_reconnected);
+    assert!(running.sc().link_state().borrow().is_connected(), "the running link was kept");
+    running.stop().await;
+}

@@ -412,3 +412,39 @@ mqtt = "scbridge/control"
     events.expect_nothing(Duration::from_millis(100)).await;
     running.stop().await;
 }
+
+/// A reload that only changes which MQTT topics routes listen to changes
+/// the subscriptions on the live connection: no reconnect, the new topic
+/// is heard (its retained value first), the dropped one no longer is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_mqtt_routes_resubscribes_without_reconnecting() {
+    let peers = Peers::start().await;
+    let route = |topic: &str| {
+        format!(
+            "\n[[route]]\nname = \"{topic}\"\nfrom = {{ mqtt = \"in/{topic}/+\" }}\nto = [{{ osc = \"/{topic}\" }}]\n"
+        )
+    };
+    let running = peers.bridge(&route("a")).await;
+    let mqtt = running.mqtt().expect("mqtt");
+    mosquitto::publish(peers.broker.port(), "in/b/x", "1", 1, true).await;
+
+    let config = Config::from_toml(&peers.config(&route("b")), "test.toml").expect("valid");
+    let report = running.reload(config).await;
+    assert!(!report.mqtt_restarted, "{report:?}");
+    assert_eq!(
+        peers.td.next(WAIT).await,
+        OscMessage { addr: "/b".into(), args: vec![OscType::Float(1.0)] },
+        "the retained value of the new subscription"
+    );
+
+    mosquitto::publish(peers.broker.port(), "in/a/x", "2", 1, false).await;
+    mosquitto::publish(peers.broker.port(), "in/b/x", "3", 1, false).await;
+    assert_eq!(
+        peers.td.next(WAIT).await,
+        OscMessage { addr: "/b".into(), args: vec![OscType::Float(3.0)] },
+        "the broker sends in order, so /a would have come first"
+    );
+    assert_eq!(get(&mqtt.stats().messages_in), 2, "in/a is no longer subscribed");
+    assert_eq!(get(&mqtt.stats().connections), 1, "no reconnect");
+    running.stop().await;
+}

@@ -317,7 +317,7 @@ fn start_mqtt(
 
 /// A `wss://` link builds its TLS settings on every connect; a CA file that
 /// cannot be used fails the start here, rather than every attempt later.
-fn check_sc_tls(sc: &crate::sc::ScConfig) -> Result<(), BridgeError> {
+pub(super) fn check_sc_tls(sc: &crate::sc::ScConfig) -> Result<(), BridgeError> {
     if sc.url.scheme() != "wss" || sc.ca_file.is_none() {
         return Ok(());
     }

@@ -239,7 +239,7 @@ impl Router {
 
     /// Applies a new config: routes and subscriptions change in place; a link
     /// is restarted only when its own settings changed.
-    async fn reload(&mut self, config: Config) -> ReloadReport {
+    async fn reload(&mut self, mut config: Config) -> ReloadReport {
         let mut report = ReloadReport { routes: config.routes.len(), ..ReloadReport::default() };
         // Waiting values belong to the old table's routes: send them first.
         for out in self.coalescer.drain() {
@@ -247,6 +247,13 @@ impl Router {
         }
         let old_subscriptions = sc_subscriptions(&self.config);
         let new_subscriptions = sc_subscriptions(&config);
+        if config.socketcluster != self.config.socketcluster
+            && let Err(err) = super::check_sc_tls(&config.socketcluster)
+        {
+            tracing::error!(error = %err, "reload: the SocketCluster link keeps its old settings");
+            report.failed.push("socketcluster");
+            config.socketcluster = self.config.socketcluster.clone();
+        }
         if config.socketcluster != self.config.socketcluster {
             self.outputs.sc.shutdown().await;
             let (sc, incoming) = ScClient::start(config.socketcluster.clone());
@@ -273,7 +280,6 @@ impl Router {
         // The new config is kept whole, except that a link which could not
         // start with its new settings keeps its old ones (restarted), so
         // that the next reload tries the new settings again.
-        let mut config = config;
         if config.osc != self.config.osc {
             if let Some(old) = self.osc.take() {
                 old.stop.cancel();
@@ -298,9 +304,17 @@ impl Router {
             }
             self.outputs.osc = self.osc.as_ref().map(|e| e.handle.clone());
         }
-        if config.mqtt != self.config.mqtt
-            || mqtt_subscriptions(&config) != mqtt_subscriptions(&self.config)
+        if config.mqtt == self.config.mqtt
+            && mqtt_subscriptions(&config) != mqtt_subscriptions(&self.config)
         {
+            // Only what to listen to changed: no reconnect.
+            if let Some(mqtt) = &self.mqtt
+                && let Err(err) = mqtt.handle.set_subscriptions(mqtt_subscriptions(&config))
+            {
+                tracing::error!(error = %err, "reload: the MQTT subscriptions could not change");
+                report.failed.push("mqtt");
+            }
+        } else if config.mqtt != self.config.mqtt {
             if let Some(old) = self.mqtt.take() {
                 old.handle.shutdown().await;
                 old.stop.cancel();

@@ -183,6 +183,7 @@ impl MqttEndpoint {
         let password = task::read_password(&config)?;
         let stats = Arc::new(MqttStats::default());
         let (link_tx, link_rx) = watch::channel(MqttLinkState::Connecting);
+        let (wanted_tx, wanted_rx) = watch::channel(subscriptions);
         let stop = shutdown.child_token();
         let tokens = task::Tokens {
             stop: stop.clone(),
@@ -192,11 +193,12 @@ impl MqttEndpoint {
         };
         let shared = task::spawn(
             config,
-            task::Start { tls, password, subscriptions, inbound, link: link_tx },
+            task::Start { tls, password, subscriptions: wanted_rx, inbound, link: link_tx },
             stats.clone(),
             tokens.clone(),
         );
-        Ok(MqttHandle { inner: Arc::new(HandleInner { shared, stats, link: link_rx, tokens }) })
+        let inner = HandleInner { shared, stats, link: link_rx, subscriptions: wanted_tx, tokens };
+        Ok(MqttHandle { inner: Arc::new(inner) })
     }
 }
 
@@ -210,6 +212,7 @@ struct HandleInner {
     shared: Arc<task::Shared>,
     stats: Arc<MqttStats>,
     link: watch::Receiver<MqttLinkState>,
+    subscriptions: watch::Sender<Vec<Subscription>>,
     tokens: task::Tokens,
 }
 
@@ -220,6 +223,17 @@ impl MqttHandle {
     /// message comes back only after [`shutdown`](Self::shutdown) began.
     pub fn send(&self, out: MqttOut) -> Result<(), Refused<MqttOut>> {
         self.inner.shared.accept(out)
+    }
+
+    /// Replaces the subscriptions on the live connection: UNSUBSCRIBE for
+    /// filters no longer wanted, SUBSCRIBE for new ones (or a new QoS), no
+    /// reconnect. They are renewed after every CONNACK as before.
+    pub fn set_subscriptions(&self, subscriptions: Vec<Subscription>) -> Result<(), MqttError> {
+        if let Some(bad) = subscriptions.iter().find(|s| !config::valid_filter(&s.filter)) {
+            return Err(MqttError::InvalidFilter(bad.filter.clone()));
+        }
+        self.inner.subscriptions.send_replace(subscriptions);
+        Ok(())
     }
 
     /// Follows the state of the broker connection.

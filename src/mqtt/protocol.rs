@@ -136,6 +136,14 @@ impl Client {
         }
     }
 
+    /// One UNSUBSCRIBE per filter.
+    pub fn try_unsubscribe(&self, filters: &[String]) -> bool {
+        filters.iter().all(|filter| match self {
+            Client::V311(client) => client.try_unsubscribe(filter.clone()).is_ok(),
+            Client::V5(client) => client.try_unsubscribe(filter.clone()).is_ok(),
+        })
+    }
+
     pub fn try_disconnect(&self) -> bool {
         match self {
             Client::V311(client) => client.try_disconnect().is_ok(),

@@ -13,6 +13,7 @@
 //! bounded channel, so a full channel never blocks the task that would have
 //! to drain it.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -62,7 +63,8 @@ pub(crate) struct Tokens {
 pub(crate) struct Start {
     pub tls: Option<rustls::ClientConfig>,
     pub password: Option<String>,
-    pub subscriptions: Vec<Subscription>,
+    /// What to subscribe; a handle changes it at run time.
+    pub subscriptions: watch::Receiver<Vec<Subscription>>,
     pub inbound: mpsc::Sender<Message>,
     pub link: watch::Sender<MqttLinkState>,
 }
@@ -115,7 +117,8 @@ pub(crate) fn spawn(
     stats: Arc<MqttStats>,
     tokens: Tokens,
 ) -> Arc<Shared> {
-    let Start { tls, password, subscriptions, inbound, link } = start;
+    let Start { tls, password, subscriptions: mut wanted, inbound, link } = start;
+    let subscriptions = wanted.borrow_and_update().clone();
     let hard_packet_limit = config
         .max_packet_bytes
         .saturating_add(1024)
@@ -136,6 +139,8 @@ pub(crate) fn spawn(
         connection,
         shared: shared.clone(),
         subscriptions,
+        wanted,
+        subacks: VecDeque::new(),
         inbound,
         link,
         backoff: Backoff::new(ReconnectPolicy {
@@ -300,7 +305,13 @@ async fn close_when_asked(shared: Arc<Shared>, tokens: Tokens) {
 struct Driver {
     connection: Connection,
     shared: Arc<Shared>,
+    /// The subscriptions in force, renewed after every CONNACK.
     subscriptions: Vec<Subscription>,
+    /// Where a handle puts new subscriptions (see `on_new_subscriptions`).
+    wanted: watch::Receiver<Vec<Subscription>>,
+    /// The filters of each SUBSCRIBE awaiting its SUBACK, oldest first, so
+    /// that a refusal can be named.
+    subacks: VecDeque<Vec<String>>,
     inbound: mpsc::Sender<Message>,
     link: watch::Sender<MqttLinkState>,
     backoff: Backoff,
@@ -326,11 +337,19 @@ impl Driver {
     async fn drive(mut self) {
         let mut connected = false;
         let mut awaiting_suback = false;
+        let mut wanted_open = true;
         loop {
             let polled = tokio::select! {
                 biased;
                 _ = self.tokens.stop.cancelled() => break,
                 _ = self.tokens.drained.cancelled(), if !connected => break,
+                changed = self.wanted.changed(), if wanted_open => {
+                    match changed {
+                        Ok(()) => self.on_new_subscriptions(connected),
+                        Err(_) => wanted_open = false,
+                    }
+                    continue;
+                }
                 polled = self.connection.poll() => polled,
             };
             let next = match polled {
@@ -339,9 +358,11 @@ impl Driver {
                     awaiting_suback = self.on_connack();
                     Next::Continue
                 }
-                Ok(Event::SubAck { refused }) if awaiting_suback => {
-                    awaiting_suback = false;
+                Ok(Event::SubAck { refused }) => {
                     self.on_suback(&refused);
+                    if std::mem::take(&mut awaiting_suback) {
+                        self.link.send_replace(MqttLinkState::Connected);
+                    }
                     Next::Continue
                 }
                 Ok(Event::Publish(publish)) => {
@@ -352,7 +373,7 @@ impl Driver {
                 // closes the connection: closing our end first can reset it
                 // before the broker has read the DISCONNECT, and the broker
                 // would then publish the last will after all.
-                Ok(Event::SubAck { .. } | Event::Other) => Next::Continue,
+                Ok(Event::Other) => Next::Continue,
                 Err(failure) => {
                     let was_connected = std::mem::replace(&mut connected, false);
                     awaiting_suback = false;
@@ -409,9 +430,13 @@ impl Driver {
             return false;
         }
         let mut awaiting_suback = false;
+        self.subacks.clear();
         if !self.subscriptions.is_empty() {
             awaiting_suback = self.shared.client.try_subscribe(&self.subscriptions);
-            if !awaiting_suback {
+            if awaiting_suback {
+                self.subacks
+                    .push_back(self.subscriptions.iter().map(|s| s.filter.clone()).collect());
+            } else {
                 crate::stats::bump(&self.shared.stats.subscribe_failures);
                 tracing::warn!(broker = %self.broker, "MQTT SUBSCRIBE could not be queued");
             }
@@ -425,13 +450,50 @@ impl Driver {
         awaiting_suback
     }
 
+    /// Names and counts the filters the broker refused in the oldest
+    /// SUBSCRIBE still awaiting its SUBACK.
     fn on_suback(&mut self, refused: &[usize]) {
+        let filters = self.subacks.pop_front().unwrap_or_default();
         for &index in refused {
             crate::stats::bump(&self.shared.stats.subscribe_failures);
-            let filter = self.subscriptions.get(index).map_or("?", |s| s.filter.as_str());
+            let filter = filters.get(index).map_or("?", String::as_str);
             tracing::warn!(broker = %self.broker, filter, "MQTT broker refused the subscription");
         }
-        self.link.send_replace(MqttLinkState::Connected);
+    }
+
+    /// Takes the subscriptions a handle set. On a live connection only the
+    /// difference goes out; otherwise the next CONNACK subscribes them all.
+    fn on_new_subscriptions(&mut self, connected: bool) {
+        let wanted = self.wanted.borrow_and_update().clone();
+        if connected {
+            let removed: Vec<String> = self
+                .subscriptions
+                .iter()
+                .filter(|old| !wanted.iter().any(|new| new.filter == old.filter))
+                .map(|old| old.filter.clone())
+                .collect();
+            let added: Vec<Subscription> =
+                wanted.iter().filter(|new| !self.subscriptions.contains(new)).cloned().collect();
+            if !removed.is_empty() && !self.shared.client.try_unsubscribe(&removed) {
+                crate::stats::bump(&self.shared.stats.subscribe_failures);
+                tracing::warn!(broker = %self.broker, ?removed, "MQTT UNSUBSCRIBE could not be queued");
+            }
+            if !added.is_empty() {
+                if self.shared.client.try_subscribe(&added) {
+                    self.subacks.push_back(added.iter().map(|s| s.filter.clone()).collect());
+                } else {
+                    crate::stats::bump(&self.shared.stats.subscribe_failures);
+                    tracing::warn!(broker = %self.broker, "MQTT SUBSCRIBE could not be queued");
+                }
+            }
+            tracing::info!(
+                broker = %self.broker,
+                added = added.len(),
+                removed = removed.len(),
+                "MQTT subscriptions changed on the live connection"
+            );
+        }
+        self.subscriptions = wanted;
     }
 
     fn on_publish(&mut self, publish: &IncomingPublish) {
