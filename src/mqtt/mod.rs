@@ -183,7 +183,6 @@ impl MqttEndpoint {
         let password = task::read_password(&config)?;
         let stats = Arc::new(MqttStats::default());
         let (link_tx, link_rx) = watch::channel(MqttLinkState::Connecting);
-        let (wanted_tx, wanted_rx) = watch::channel(subscriptions);
         let stop = shutdown.child_token();
         let tokens = task::Tokens {
             stop: stop.clone(),
@@ -193,11 +192,11 @@ impl MqttEndpoint {
         };
         let shared = task::spawn(
             config,
-            task::Start { tls, password, subscriptions: wanted_rx, inbound, link: link_tx },
+            task::Start { tls, password, subscriptions, inbound, link: link_tx },
             stats.clone(),
             tokens.clone(),
         );
-        let inner = HandleInner { shared, stats, link: link_rx, subscriptions: wanted_tx, tokens };
+        let inner = HandleInner { shared, stats, link: link_rx, tokens };
         Ok(MqttHandle { inner: Arc::new(inner) })
     }
 }
@@ -212,7 +211,6 @@ struct HandleInner {
     shared: Arc<task::Shared>,
     stats: Arc<MqttStats>,
     link: watch::Receiver<MqttLinkState>,
-    subscriptions: watch::Sender<Vec<Subscription>>,
     tokens: task::Tokens,
 }
 
@@ -232,7 +230,7 @@ impl MqttHandle {
         if let Some(bad) = subscriptions.iter().find(|s| !config::valid_filter(&s.filter)) {
             return Err(MqttError::InvalidFilter(bad.filter.clone()));
         }
-        self.inner.subscriptions.send_replace(subscriptions);
+        self.inner.shared.set_subscriptions(subscriptions);
         Ok(())
     }
 

@@ -52,8 +52,9 @@ pub(crate) struct Tokens {
     pub stop: CancellationToken,
     /// `shutdown()` was called.
     pub closing: CancellationToken,
-    /// The outgoing task handed over everything it had, and the final
-    /// `offline` + DISCONNECT if connected.
+    /// Closing has begun: nothing more is accepted. When connected, the
+    /// driver still sends what is queued, then `offline` + DISCONNECT, and
+    /// goes on until the broker closes; when not, it stops.
     pub drained: CancellationToken,
     /// The driver has ended.
     pub finished: CancellationToken,
@@ -63,8 +64,7 @@ pub(crate) struct Tokens {
 pub(crate) struct Start {
     pub tls: Option<rustls::ClientConfig>,
     pub password: Option<String>,
-    /// What to subscribe; a handle changes it at run time.
-    pub subscriptions: watch::Receiver<Vec<Subscription>>,
+    pub subscriptions: Vec<Subscription>,
     pub inbound: mpsc::Sender<Message>,
     pub link: watch::Sender<MqttLinkState>,
 }
@@ -117,8 +117,7 @@ pub(crate) fn spawn(
     stats: Arc<MqttStats>,
     tokens: Tokens,
 ) -> Arc<Shared> {
-    let Start { tls, password, subscriptions: mut wanted, inbound, link } = start;
-    let subscriptions = wanted.borrow_and_update().clone();
+    let Start { tls, password, subscriptions, inbound, link } = start;
     let hard_packet_limit = config
         .max_packet_bytes
         .saturating_add(1024)
@@ -133,14 +132,15 @@ pub(crate) fn spawn(
         availability: config.availability_topic.clone(),
         max_packet_bytes: config.max_packet_bytes,
         accepting: std::sync::atomic::AtomicBool::new(true),
+        subscriptions: Mutex::new(Subscriptions {
+            current: subscriptions,
+            subacks: VecDeque::new(),
+        }),
     });
     tokio::spawn(close_when_asked(shared.clone(), tokens.clone()));
     let driver = Driver {
         connection,
         shared: shared.clone(),
-        subscriptions,
-        wanted,
-        subacks: VecDeque::new(),
         inbound,
         link,
         backoff: Backoff::new(ReconnectPolicy {
@@ -166,6 +166,17 @@ pub(crate) struct Shared {
     max_packet_bytes: usize,
     /// Cleared on shutdown, so nothing is accepted after `offline`.
     accepting: std::sync::atomic::AtomicBool,
+    /// Locked after `outbox` where both are needed: the outbox knows
+    /// whether the connection is up.
+    subscriptions: Mutex<Subscriptions>,
+}
+
+/// The subscriptions in force (renewed after every CONNACK), and the
+/// filters of each SUBSCRIBE awaiting its SUBACK, oldest first, so that a
+/// refusal can be named.
+struct Subscriptions {
+    current: Vec<Subscription>,
+    subacks: VecDeque<Vec<String>>,
 }
 
 impl Shared {
@@ -173,6 +184,64 @@ impl Shared {
         // The outbox holds no invariant a panic elsewhere could break
         // halfway, so a poisoned lock is still usable.
         self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn subscriptions(&self) -> MutexGuard<'_, Subscriptions> {
+        self.subscriptions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Subscribes everything, after a CONNACK; false when the SUBSCRIBE
+    /// could not be queued. The caller holds the outbox.
+    fn subscribe_all(&self) -> bool {
+        let mut subscriptions = self.subscriptions();
+        subscriptions.subacks.clear();
+        if subscriptions.current.is_empty() {
+            return true;
+        }
+        let queued = self.client.try_subscribe(&subscriptions.current);
+        if queued {
+            let filters = subscriptions.current.iter().map(|s| s.filter.clone()).collect();
+            subscriptions.subacks.push_back(filters);
+        }
+        queued
+    }
+
+    /// Replaces the subscriptions. On a live connection only the
+    /// difference goes out, on the caller's task: UNSUBSCRIBE, then
+    /// SUBSCRIBE. Otherwise the next CONNACK subscribes them all.
+    pub(crate) fn set_subscriptions(&self, wanted: Vec<Subscription>) {
+        let outbox = self.outbox();
+        let mut subscriptions = self.subscriptions();
+        if outbox.connected && !outbox.closing {
+            let current = &subscriptions.current;
+            let removed: Vec<String> = current
+                .iter()
+                .filter(|old| !wanted.iter().any(|new| new.filter == old.filter))
+                .map(|old| old.filter.clone())
+                .collect();
+            let added: Vec<Subscription> =
+                wanted.iter().filter(|new| !current.contains(new)).cloned().collect();
+            if !removed.is_empty() && !self.client.try_unsubscribe(&removed) {
+                crate::stats::bump(&self.stats.subscribe_failures);
+                tracing::warn!(?removed, "MQTT UNSUBSCRIBE could not be queued");
+            }
+            if !added.is_empty() {
+                if self.client.try_subscribe(&added) {
+                    subscriptions
+                        .subacks
+                        .push_back(added.iter().map(|s| s.filter.clone()).collect());
+                } else {
+                    crate::stats::bump(&self.stats.subscribe_failures);
+                    tracing::warn!("MQTT SUBSCRIBE could not be queued");
+                }
+            }
+            tracing::info!(
+                added = added.len(),
+                removed = removed.len(),
+                "MQTT subscriptions changed on the live connection"
+            );
+        }
+        subscriptions.current = wanted;
     }
 
     /// Takes a message from a handle, on the caller's task: published at once
@@ -305,13 +374,6 @@ async fn close_when_asked(shared: Arc<Shared>, tokens: Tokens) {
 struct Driver {
     connection: Connection,
     shared: Arc<Shared>,
-    /// The subscriptions in force, renewed after every CONNACK.
-    subscriptions: Vec<Subscription>,
-    /// Where a handle puts new subscriptions (see `on_new_subscriptions`).
-    wanted: watch::Receiver<Vec<Subscription>>,
-    /// The filters of each SUBSCRIBE awaiting its SUBACK, oldest first, so
-    /// that a refusal can be named.
-    subacks: VecDeque<Vec<String>>,
     inbound: mpsc::Sender<Message>,
     link: watch::Sender<MqttLinkState>,
     backoff: Backoff,
@@ -337,19 +399,11 @@ impl Driver {
     async fn drive(mut self) {
         let mut connected = false;
         let mut awaiting_suback = false;
-        let mut wanted_open = true;
         loop {
             let polled = tokio::select! {
                 biased;
                 _ = self.tokens.stop.cancelled() => break,
                 _ = self.tokens.drained.cancelled(), if !connected => break,
-                changed = self.wanted.changed(), if wanted_open => {
-                    match changed {
-                        Ok(()) => self.on_new_subscriptions(connected),
-                        Err(_) => wanted_open = false,
-                    }
-                    continue;
-                }
                 polled = self.connection.poll() => polled,
             };
             let next = match polled {
@@ -429,17 +483,11 @@ impl Driver {
             self.shared.close(&mut outbox);
             return false;
         }
-        let mut awaiting_suback = false;
-        self.subacks.clear();
-        if !self.subscriptions.is_empty() {
-            awaiting_suback = self.shared.client.try_subscribe(&self.subscriptions);
-            if awaiting_suback {
-                self.subacks
-                    .push_back(self.subscriptions.iter().map(|s| s.filter.clone()).collect());
-            } else {
-                crate::stats::bump(&self.shared.stats.subscribe_failures);
-                tracing::warn!(broker = %self.broker, "MQTT SUBSCRIBE could not be queued");
-            }
+        let wants_any = !self.shared.subscriptions().current.is_empty();
+        let awaiting_suback = self.shared.subscribe_all() && wants_any;
+        if wants_any && !awaiting_suback {
+            crate::stats::bump(&self.shared.stats.subscribe_failures);
+            tracing::warn!(broker = %self.broker, "MQTT SUBSCRIBE could not be queued");
         }
         self.shared.announce(&mut outbox, ONLINE);
         self.shared.flush(&mut outbox);
@@ -453,47 +501,12 @@ impl Driver {
     /// Names and counts the filters the broker refused in the oldest
     /// SUBSCRIBE still awaiting its SUBACK.
     fn on_suback(&mut self, refused: &[usize]) {
-        let filters = self.subacks.pop_front().unwrap_or_default();
+        let filters = self.shared.subscriptions().subacks.pop_front().unwrap_or_default();
         for &index in refused {
             crate::stats::bump(&self.shared.stats.subscribe_failures);
             let filter = filters.get(index).map_or("?", String::as_str);
             tracing::warn!(broker = %self.broker, filter, "MQTT broker refused the subscription");
         }
-    }
-
-    /// Takes the subscriptions a handle set. On a live connection only the
-    /// difference goes out; otherwise the next CONNACK subscribes them all.
-    fn on_new_subscriptions(&mut self, connected: bool) {
-        let wanted = self.wanted.borrow_and_update().clone();
-        if connected {
-            let removed: Vec<String> = self
-                .subscriptions
-                .iter()
-                .filter(|old| !wanted.iter().any(|new| new.filter == old.filter))
-                .map(|old| old.filter.clone())
-                .collect();
-            let added: Vec<Subscription> =
-                wanted.iter().filter(|new| !self.subscriptions.contains(new)).cloned().collect();
-            if !removed.is_empty() && !self.shared.client.try_unsubscribe(&removed) {
-                crate::stats::bump(&self.shared.stats.subscribe_failures);
-                tracing::warn!(broker = %self.broker, ?removed, "MQTT UNSUBSCRIBE could not be queued");
-            }
-            if !added.is_empty() {
-                if self.shared.client.try_subscribe(&added) {
-                    self.subacks.push_back(added.iter().map(|s| s.filter.clone()).collect());
-                } else {
-                    crate::stats::bump(&self.shared.stats.subscribe_failures);
-                    tracing::warn!(broker = %self.broker, "MQTT SUBSCRIBE could not be queued");
-                }
-            }
-            tracing::info!(
-                broker = %self.broker,
-                added = added.len(),
-                removed = removed.len(),
-                "MQTT subscriptions changed on the live connection"
-            );
-        }
-        self.subscriptions = wanted;
     }
 
     fn on_publish(&mut self, publish: &IncomingPublish) {
