@@ -130,17 +130,40 @@ delay_ms = 60000
     );
 }
 
-/// A reload that moves OSC to a port someone else holds: the reload says
-/// OSC failed, OSC keeps its old settings and works; once the port is free,
-/// the same reload succeeds.
+/// A reload that moves OSC to a port someone else holds, and adds a
+/// target listed before TouchDesigner's: the reload says OSC failed, OSC
+/// keeps its old settings, and the new route still reaches TouchDesigner
+/// by name. Once the port is free, the same reload succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_to_a_taken_osc_port_keeps_the_old_settings_and_the_next_reload_retries() {
     let server = ScServer::start(ScServerOptions::new()).await;
     let td = OscReceiver::bind().await;
+    let other = OscReceiver::bind().await;
     let running = start(config(&server, &td, "127.0.0.1:0", PASS_THROUGH)).await;
     let holder = std::net::UdpSocket::bind("127.0.0.1:0").expect("hold a port");
     let wanted = holder.local_addr().expect("address");
-    let moved = config(&server, &td, &wanted.to_string(), PASS_THROUGH);
+    let toml = format!(
+        r#"
+[socketcluster]
+url = "{}"
+reconnect_delay_ms = 200
+
+[osc]
+listen = ["{wanted}"]
+[osc.targets]
+an_earlier_one = "{}"
+td = "{}"
+
+[[route]]
+name = "pass"
+from = {{ osc = "/in" }}
+to = [{{ osc = "/out", target = "td" }}]
+"#,
+        server.url(),
+        other.addr(),
+        td.addr()
+    );
+    let moved = Config::from_toml(&toml, "test.toml").expect("valid test config");
 
     let report = running.reload(moved.clone()).await;
     assert_eq!(
@@ -159,6 +182,7 @@ async fn a_reload_to_a_taken_osc_port_keeps_the_old_settings_and_the_next_reload
     assert_eq!(osc_port(&running), wanted);
     send_osc(wanted, "/in", vec![OscType::Int(2)]).await;
     assert_eq!(td.next(WAIT).await.args, vec![OscType::Float(2.0)]);
+    assert_eq!(other.try_next(Duration::from_millis(200)).await, None, "nothing went astray");
     running.stop().await;
 }
 

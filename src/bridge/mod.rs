@@ -102,6 +102,8 @@ crate::stats::counters! {
         /// Input that reached the router after its stop-time drain: counted,
         /// not routed.
         shutdown_dropped,
+        /// Outputs of a route a reload removed while they waited: dropped.
+        stale_outputs,
     }
 }
 
@@ -140,8 +142,9 @@ pub struct ReloadReport {
     pub osc_restarted: bool,
     pub mqtt_restarted: bool,
     pub routes: usize,
-    /// Links that could not start with their new settings and kept (or,
-    /// failing that too, lost) their old ones; the next reload retries.
+    /// Links whose new settings did not take: they kept their old ones
+    /// (or, when those failed to start again too, are down), and the next
+    /// reload tries again. For MQTT also a subscription change refused.
     pub failed: Vec<&'static str>,
 }
 
@@ -166,6 +169,7 @@ pub struct Running {
     control: mpsc::Sender<Control>,
     task: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
+    links: CancellationToken,
 }
 
 impl Running {
@@ -233,6 +237,7 @@ impl Running {
                 mqtt.shutdown().await;
             }
             view.sc.shutdown().await;
+            self.links.cancel();
         }
     }
 
@@ -288,14 +293,16 @@ struct Endpoint<H> {
     stop: CancellationToken,
 }
 
-/// Endpoints have their own stop token, not a child of the router's: at the
-/// stop they must outlive the router's drain, which still hands them output.
+/// Endpoints have their own stop token, a child of `links` rather than of
+/// the router's: at the stop they must outlive the router's drain, which
+/// still hands them output. `links` stops them all if the router is gone.
 async fn start_osc(
     config: &Config,
     inbound: &mpsc::Sender<Message>,
+    links: &CancellationToken,
 ) -> Result<Option<Endpoint<OscHandle>>, BridgeError> {
     let Some(osc) = &config.osc else { return Ok(None) };
-    let stop = CancellationToken::new();
+    let stop = links.child_token();
     let handle = OscEndpoint::start(osc, inbound.clone(), stop.clone()).await?;
     Ok(Some(Endpoint { handle, stop }))
 }
@@ -303,9 +310,10 @@ async fn start_osc(
 fn start_mqtt(
     config: &Config,
     inbound: &mpsc::Sender<Message>,
+    links: &CancellationToken,
 ) -> Result<Option<Endpoint<MqttHandle>>, BridgeError> {
     let Some(mqtt) = &config.mqtt else { return Ok(None) };
-    let stop = CancellationToken::new();
+    let stop = links.child_token();
     let handle = MqttEndpoint::start(
         mqtt.clone(),
         mqtt_subscriptions(config),
@@ -313,6 +321,52 @@ fn start_mqtt(
         stop.clone(),
     )?;
     Ok(Some(Endpoint { handle, stop }))
+}
+
+/// After a reload fell back to the OSC settings it had: the new routes'
+/// OSC destinations (and the status target) number their targets in the
+/// new `[osc.targets]`; points them at the same names in the kept list.
+/// False, changing nothing, when a name is not there.
+fn retarget_osc(
+    routes: &mut [crate::route::Route],
+    control: &mut crate::config::ControlConfig,
+    new: &crate::osc::OscConfig,
+    kept: &crate::osc::OscConfig,
+) -> bool {
+    let renumbered: Vec<Option<usize>> = new
+        .targets
+        .iter()
+        .map(|target| kept.targets.iter().position(|k| k.name == target.name))
+        .collect();
+    let kept_number = |number: usize| renumbered.get(number).copied().flatten();
+    let osc_targets = |routes: &[crate::route::Route]| -> Vec<usize> {
+        routes
+            .iter()
+            .flat_map(|route| &route.destinations)
+            .filter_map(|d| match d.target {
+                crate::route::Target::Osc { target, .. } => Some(target),
+                _ => None,
+            })
+            .collect()
+    };
+    let all_kept = osc_targets(routes).into_iter().all(|n| kept_number(n).is_some())
+        && control.osc_status.as_ref().is_none_or(|(n, _)| kept_number(*n).is_some());
+    if !all_kept {
+        return false;
+    }
+    for destination in routes.iter_mut().flat_map(|route| &mut route.destinations) {
+        if let crate::route::Target::Osc { target, .. } = &mut destination.target
+            && let Some(number) = kept_number(*target)
+        {
+            *target = number;
+        }
+    }
+    if let Some((target, _)) = &mut control.osc_status
+        && let Some(number) = kept_number(*target)
+    {
+        *target = number;
+    }
+    true
 }
 
 /// A `wss://` link builds its TLS settings on every connect; a CA file that
@@ -335,14 +389,13 @@ pub(super) fn check_sc_tls(sc: &crate::sc::ScConfig) -> Result<(), BridgeError> 
 pub async fn start(config: Config) -> Result<Running, BridgeError> {
     check_sc_tls(&config.socketcluster)?;
     let shutdown = CancellationToken::new();
+    let links = CancellationToken::new();
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
-    let osc = start_osc(&config, &inbound_tx).await?;
-    let mqtt = match start_mqtt(&config, &inbound_tx) {
+    let osc = start_osc(&config, &inbound_tx, &links).await?;
+    let mqtt = match start_mqtt(&config, &inbound_tx, &links) {
         Ok(mqtt) => mqtt,
         Err(err) => {
-            if let Some(osc) = osc {
-                osc.stop.cancel();
-            }
+            links.cancel();
             return Err(err);
         }
     };
@@ -399,9 +452,51 @@ pub async fn start(config: Config) -> Result<Running, BridgeError> {
         controls: control_rx,
         view: view.clone(),
         shutdown: shutdown.clone(),
+        links: links.clone(),
         config: config.clone(),
     };
     router.adopt(&config);
     let task = tokio::spawn(router.run());
-    Ok(Running { stats, recent, alive, view, control: control_tx, task, shutdown })
+    Ok(Running { stats, recent, alive, view, control: control_tx, task, shutdown, links })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Target;
+
+    fn config(targets: &str, route_target: &str) -> Config {
+        let toml = format!(
+            "[socketcluster]\nurl = \"ws://127.0.0.1:9/socketcluster/\"\n[osc]\nlisten = [\"127.0.0.1:0\"]\n[osc.targets]\n{targets}\n[control]\nosc = \"/ctl\"\nosc_status_target = \"{route_target}\"\n[[route]]\nname = \"r\"\nfrom = {{ osc = \"/in\" }}\nto = [{{ osc = \"/out\", target = \"{route_target}\" }}]\n"
+        );
+        Config::from_toml(&toml, "test.toml").expect("valid test config")
+    }
+
+    fn osc_target(config: &Config) -> usize {
+        match config.routes[0].destinations[0].target {
+            Target::Osc { target, .. } => target,
+            ref other => panic!("not an OSC destination: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn kept_osc_targets_are_found_again_by_name() {
+        let kept = config("td = \"127.0.0.1:9001\"", "td");
+        let mut new = config("a = \"127.0.0.1:9002\"\ntd = \"127.0.0.1:9001\"", "td");
+        let (new_osc, kept_osc) = (new.osc.clone().expect("osc"), kept.osc.clone().expect("osc"));
+        assert_eq!(osc_target(&new), 1);
+        assert!(retarget_osc(&mut new.routes, &mut new.control, &new_osc, &kept_osc));
+        assert_eq!(osc_target(&new), 0);
+        assert_eq!(new.control.osc_status.as_ref().map(|(n, _)| *n), Some(0));
+    }
+
+    #[test]
+    fn a_target_the_kept_settings_lack_changes_nothing() {
+        let kept = config("td = \"127.0.0.1:9001\"", "td");
+        let mut new = config("td = \"127.0.0.1:9001\"\nz = \"127.0.0.1:9002\"", "z");
+        let (new_osc, kept_osc) = (new.osc.clone().expect("osc"), kept.osc.clone().expect("osc"));
+        let before = new.routes.clone();
+        assert!(!retarget_osc(&mut new.routes, &mut new.control, &new_osc, &kept_osc));
+        assert_eq!(new.routes, before);
+    }
 }

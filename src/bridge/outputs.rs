@@ -96,7 +96,7 @@ pub(super) struct CablesOut {
 
 impl Outputs {
     pub(super) fn send(&self, out: Outbound) {
-        let stats = &self.routes[out.route.0];
+        let Some(stats) = self.routes.get(out.route.0) else { return self.stale(&out) };
         let Outbound { target, name, body, .. } = out;
         let handed = match target {
             Target::Osc { target, options } => match &self.osc {
@@ -196,6 +196,16 @@ fn refusal<T>(refused: Refused<T>) -> Refusal {
     match refused {
         Refused::Full(_) => Refusal::Full,
         Refused::ShuttingDown(_) => Refusal::ShuttingDown,
+    }
+}
+
+impl Outputs {
+    /// An output of a route the current table does not have (a reload
+    /// replaced the table while it waited): dropped and counted.
+    pub(super) fn stale(&self, out: &Outbound) {
+        if let Some(count) = crate::stats::bump_loggable(&self.stats.stale_outputs) {
+            tracing::warn!(name = %out.name, count, "an output of a route that a reload removed: dropped");
+        }
     }
 }
 

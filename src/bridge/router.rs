@@ -68,6 +68,8 @@ pub(super) struct Router {
     pub(super) controls: mpsc::Receiver<Control>,
     pub(super) view: Arc<RwLock<View>>,
     pub(super) shutdown: CancellationToken,
+    /// The parent of every endpoint's own stop token (see `start_osc`).
+    pub(super) links: CancellationToken,
     /// Outputs waiting for their route's delay.
     pub(super) delayed: Arc<AtomicUsize>,
 }
@@ -214,7 +216,7 @@ impl Router {
         let waiting = self.coalescer.drain();
         let coalesced = waiting.len();
         for out in waiting {
-            self.outputs.send(out);
+            self.dispatch(out);
         }
         let delayed = self.delayed.load(Ordering::Relaxed);
         if routed + coalesced + delayed > 0 {
@@ -241,10 +243,6 @@ impl Router {
     /// is restarted only when its own settings changed.
     async fn reload(&mut self, mut config: Config) -> ReloadReport {
         let mut report = ReloadReport { routes: config.routes.len(), ..ReloadReport::default() };
-        // Waiting values belong to the old table's routes: send them first.
-        for out in self.coalescer.drain() {
-            self.dispatch(out);
-        }
         let old_subscriptions = sc_subscriptions(&self.config);
         let new_subscriptions = sc_subscriptions(&config);
         if config.socketcluster != self.config.socketcluster
@@ -277,15 +275,23 @@ impl Router {
                 self.outputs.sc.subscribe(&new.channel, new.wait_for_auth).await;
             }
         }
+        // Values waiting for their `max_rate` turn belong to the old
+        // table's routes (their ids, their OSC target numbers), as do the
+        // messages the old SocketCluster link left: sent while the old table
+        // and the old OSC and MQTT endpoints are still in place.
+        for out in self.coalescer.drain() {
+            self.dispatch(out);
+        }
         // The new config is kept whole, except that a link which could not
         // start with its new settings keeps its old ones (restarted), so
-        // that the next reload tries the new settings again.
-        if config.osc != self.config.osc {
+        // that the next reload tries the new settings again. A link that is
+        // configured but not running (both starts failed) is started again.
+        if config.osc != self.config.osc || (config.osc.is_some() && self.osc.is_none()) {
             if let Some(old) = self.osc.take() {
                 old.stop.cancel();
                 old.handle.stopped().await;
             }
-            match start_osc(&config, &self.inbound_tx).await {
+            match start_osc(&config, &self.inbound_tx, &self.links).await {
                 Ok(osc) => {
                     self.osc = osc;
                     report.osc_restarted = true;
@@ -293,8 +299,18 @@ impl Router {
                 Err(err) => {
                     tracing::error!(error = %err, "reload: the OSC endpoint could not start with its new settings; keeping the old ones");
                     report.failed.push("osc");
+                    if let (Some(new), Some(kept)) = (&config.osc, &self.config.osc)
+                        && !super::retarget_osc(&mut config.routes, &mut config.control, new, kept)
+                    {
+                        tracing::error!(
+                            "reload: the new routes name OSC targets the old OSC settings do not have; keeping the old routes as well"
+                        );
+                        config.routes = self.config.routes.clone();
+                        config.control = self.config.control.clone();
+                        report.routes = config.routes.len();
+                    }
                     config.osc = self.config.osc.clone();
-                    match start_osc(&config, &self.inbound_tx).await {
+                    match start_osc(&config, &self.inbound_tx, &self.links).await {
                         Ok(osc) => self.osc = osc,
                         Err(err) => {
                             tracing::error!(error = %err, "reload: the OSC endpoint could not start again with its old settings either: OSC is down until the next reload")
@@ -304,9 +320,9 @@ impl Router {
             }
             self.outputs.osc = self.osc.as_ref().map(|e| e.handle.clone());
         }
-        if config.mqtt == self.config.mqtt
-            && mqtt_subscriptions(&config) != mqtt_subscriptions(&self.config)
-        {
+        let mqtt_changed =
+            config.mqtt != self.config.mqtt || (config.mqtt.is_some() && self.mqtt.is_none());
+        if !mqtt_changed && mqtt_subscriptions(&config) != mqtt_subscriptions(&self.config) {
             // Only what to listen to changed: no reconnect.
             if let Some(mqtt) = &self.mqtt
                 && let Err(err) = mqtt.handle.set_subscriptions(mqtt_subscriptions(&config))
@@ -314,12 +330,12 @@ impl Router {
                 tracing::error!(error = %err, "reload: the MQTT subscriptions could not change");
                 report.failed.push("mqtt");
             }
-        } else if config.mqtt != self.config.mqtt {
+        } else if mqtt_changed {
             if let Some(old) = self.mqtt.take() {
                 old.handle.shutdown().await;
                 old.stop.cancel();
             }
-            match start_mqtt(&config, &self.inbound_tx) {
+            match start_mqtt(&config, &self.inbound_tx, &self.links) {
                 Ok(mqtt) => {
                     self.mqtt = mqtt;
                     report.mqtt_restarted = true;
@@ -328,7 +344,7 @@ impl Router {
                     tracing::error!(error = %err, "reload: the MQTT endpoint could not start with its new settings; keeping the old ones");
                     report.failed.push("mqtt");
                     config.mqtt = self.config.mqtt.clone();
-                    match start_mqtt(&config, &self.inbound_tx) {
+                    match start_mqtt(&config, &self.inbound_tx, &self.links) {
                         Ok(mqtt) => self.mqtt = mqtt,
                         Err(err) => {
                             tracing::error!(error = %err, "reload: the MQTT endpoint could not start again with its old settings either: MQTT is down until the next reload")
@@ -590,7 +606,7 @@ impl Router {
     /// from when `max_rate` let the output go, when both are set).
     fn dispatch(&self, out: Outbound) {
         let Some(route) = self.table.route_by_id(out.route) else {
-            return self.outputs.send(out);
+            return self.outputs.stale(&out);
         };
         if route.delay.is_zero() {
             self.outputs.send(out);
