@@ -18,6 +18,11 @@ use tokio::net::UdpSocket;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn config(server: &ScServer, td: &OscReceiver, listen: &str, routes: &str) -> Config {
+    config_with_targets(server, listen, &format!("td = \"{}\"", td.addr()), routes)
+}
+
+/// The same, with `targets` as the lines of `[osc.targets]`.
+fn config_with_targets(server: &ScServer, listen: &str, targets: &str, routes: &str) -> Config {
     let toml = format!(
         r#"
 [socketcluster]
@@ -27,10 +32,9 @@ reconnect_delay_ms = 200
 [osc]
 listen = ["{listen}"]
 [osc.targets]
-td = "{}"
+{targets}
 {routes}"#,
         server.url(),
-        td.addr()
     );
     Config::from_toml(&toml, "test.toml").expect("valid test config")
 }
@@ -142,28 +146,9 @@ async fn a_reload_to_a_taken_osc_port_keeps_the_old_settings_and_the_next_reload
     let running = start(config(&server, &td, "127.0.0.1:0", PASS_THROUGH)).await;
     let holder = std::net::UdpSocket::bind("127.0.0.1:0").expect("hold a port");
     let wanted = holder.local_addr().expect("address");
-    let toml = format!(
-        r#"
-[socketcluster]
-url = "{}"
-reconnect_delay_ms = 200
-
-[osc]
-listen = ["{wanted}"]
-[osc.targets]
-an_earlier_one = "{}"
-td = "{}"
-
-[[route]]
-name = "pass"
-from = {{ osc = "/in" }}
-to = [{{ osc = "/out", target = "td" }}]
-"#,
-        server.url(),
-        other.addr(),
-        td.addr()
-    );
-    let moved = Config::from_toml(&toml, "test.toml").expect("valid test config");
+    let targets = format!("an_earlier_one = \"{}\"\ntd = \"{}\"", other.addr(), td.addr());
+    let to_td = PASS_THROUGH.replace(r#"{ osc = "/out" }"#, r#"{ osc = "/out", target = "td" }"#);
+    let moved = config_with_targets(&server, &wanted.to_string(), &targets, &to_td);
 
     let report = running.reload(moved.clone()).await;
     assert_eq!(
