@@ -95,6 +95,14 @@ pub(super) struct CablesOut {
 }
 
 impl Outputs {
+    /// An output of a route the current table does not have (a reload
+    /// replaced the table while it waited): dropped and counted.
+    pub(super) fn stale(&self, out: &Outbound) {
+        if let Some(count) = crate::stats::bump_loggable(&self.stats.stale_outputs) {
+            tracing::warn!(name = %out.name, count, "an output of a route that a reload removed: dropped");
+        }
+    }
+
     pub(super) fn send(&self, out: Outbound) {
         let Some(stats) = self.routes.get(out.route.0) else { return self.stale(&out) };
         let Outbound { target, name, body, .. } = out;
@@ -196,16 +204,6 @@ fn refusal<T>(refused: Refused<T>) -> Refusal {
     match refused {
         Refused::Full(_) => Refusal::Full,
         Refused::ShuttingDown(_) => Refusal::ShuttingDown,
-    }
-}
-
-impl Outputs {
-    /// An output of a route the current table does not have (a reload
-    /// replaced the table while it waited): dropped and counted.
-    pub(super) fn stale(&self, out: &Outbound) {
-        if let Some(count) = crate::stats::bump_loggable(&self.stats.stale_outputs) {
-            tracing::warn!(name = %out.name, count, "an output of a route that a reload removed: dropped");
-        }
     }
 }
 

@@ -190,20 +190,21 @@ impl Shared {
         self.subscriptions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Subscribes everything, after a CONNACK; false when the SUBSCRIBE
-    /// could not be queued. The caller holds the outbox.
-    fn subscribe_all(&self) -> bool {
+    /// Subscribes everything, after a CONNACK: `None` when there is
+    /// nothing to subscribe, else whether the SUBSCRIBE was queued. The
+    /// caller holds the outbox.
+    fn subscribe_all(&self) -> Option<bool> {
         let mut subscriptions = self.subscriptions();
         subscriptions.subacks.clear();
         if subscriptions.current.is_empty() {
-            return true;
+            return None;
         }
         let queued = self.client.try_subscribe(&subscriptions.current);
         if queued {
             let filters = subscriptions.current.iter().map(|s| s.filter.clone()).collect();
             subscriptions.subacks.push_back(filters);
         }
-        queued
+        Some(queued)
     }
 
     /// Replaces the subscriptions. On a live connection only the
@@ -483,12 +484,16 @@ impl Driver {
             self.shared.close(&mut outbox);
             return false;
         }
-        let wants_any = !self.shared.subscriptions().current.is_empty();
-        let awaiting_suback = self.shared.subscribe_all() && wants_any;
-        if wants_any && !awaiting_suback {
-            crate::stats::bump(&self.shared.stats.subscribe_failures);
-            tracing::warn!(broker = %self.broker, "MQTT SUBSCRIBE could not be queued");
-        }
+        let awaiting_suback = match self.shared.subscribe_all() {
+            None => false,
+            Some(queued) => {
+                if !queued {
+                    crate::stats::bump(&self.shared.stats.subscribe_failures);
+                    tracing::warn!(broker = %self.broker, "MQTT SUBSCRIBE could not be queued");
+                }
+                queued
+            }
+        };
         self.shared.announce(&mut outbox, ONLINE);
         self.shared.flush(&mut outbox);
         drop(outbox);
