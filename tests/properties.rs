@@ -1369,8 +1369,8 @@ proptest! {
     /// and a parsed template fills exactly when it has all the captures it uses.
     #[test]
     fn parsing_any_pattern_or_template_never_panics(
-        text in prop_oneof![any_text(24), "[a/*+#{}0-9]{0,16}"],
-        captures in vec(any_text(4), 0..10),
+        text in prop_oneof![any_text(24), "[a/*+#{}0-9]{0,16}", "([a+*]/){0,12}[a+*#]"],
+        captures in vec(any_text(4), 0..14),
     ) {
         if let Ok(pattern) = Pattern::parse(&text) {
             prop_assert_eq!(&pattern.text, &text);
@@ -1378,7 +1378,6 @@ proptest! {
             let _ = pattern.to_mqtt_filter();
         }
         if let Ok(template) = Template::parse(&text) {
-            prop_assert!(template.uses <= 9);
             let filled = template.fill(&captures);
             prop_assert_eq!(filled.is_some(), captures.len() >= template.uses);
         }

@@ -1,5 +1,6 @@
 //! Route names. Any pattern or template text parses or is refused without
-//! a panic; the indexed routing table finds exactly what the reference
+//! a panic; a template fills from as many captures as it uses and from no
+//! fewer; the indexed routing table finds exactly what the reference
 //! matcher (`Pattern::matches`) finds; and a pattern read as a template
 //! puts a matched name back together.
 //!
@@ -24,8 +25,14 @@ fuzz_target!(|data: &[u8]| {
     let mut routes = Vec::new();
     for line in lines.take(64) {
         if let Ok(template) = Template::parse(line) {
-            let captures: Vec<String> = (0..9).map(|n| n.to_string()).collect();
+            // The config refuses a template that uses more captures than its
+            // source pattern yields, so `uses` captures always fill it, and
+            // one fewer never does.
+            let captures: Vec<String> = (0..template.uses).map(|n| n.to_string()).collect();
             assert!(template.fill(&captures).is_some(), "{line:?}");
+            if let Some((_, fewer)) = captures.split_last() {
+                assert!(template.fill(fewer).is_none(), "{line:?}");
+            }
         }
         let Ok(pattern) = Pattern::parse(line) else { continue };
         if let Some(captures) = pattern.matches(name) {
