@@ -51,8 +51,8 @@ crate::stats::counters! {
         loops,
         /// Skipped: the destination name could not be made.
         bad_names,
-        /// Dropped: the endpoint's queue was full, or 1,024 invokes (the bound on
-        /// invokes in flight) already awaited their reply.
+        /// Dropped: the endpoint's queue was full, or the bound on invokes
+        /// awaiting their reply was reached.
         queue_full,
         /// Withheld: cables Allow Send is off or another sender took over.
         not_allowed,
