@@ -15,6 +15,10 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// What happened to an output offered to the coalescer.
 pub(super) enum Offer {
     SendNow(Outbound),
+    /// Sent now, and the older value that was waiting is dropped: its turn
+    /// had come but the timer had not fired yet, and sending it afterwards
+    /// would leave the destination on a stale value.
+    SendNowReplacing(Outbound),
     /// Held until its name's interval has passed.
     Waiting,
     /// Held, replacing an older value that was waiting.
@@ -66,7 +70,12 @@ impl Coalescer {
             Some(slot) => {
                 slot.next = now + interval;
                 slot.interval = interval;
-                Offer::SendNow(out)
+                // Its entry in `due` finds nothing waiting and is skipped.
+                if slot.waiting.take().is_some() {
+                    Offer::SendNowReplacing(out)
+                } else {
+                    Offer::SendNow(out)
+                }
             }
             None => {
                 if self.slots.len() >= TRACKED_NAMES {
@@ -109,7 +118,10 @@ impl Coalescer {
         let mut ready = Vec::new();
         while self.next_due().is_some_and(|at| at <= now) {
             let Some(std::cmp::Reverse((_, key))) = self.due.pop() else { break };
+            // An entry left from before an early send finds its slot's turn
+            // still ahead; the slot's own, later entry takes the value then.
             if let Some(slot) = self.slots.get_mut(&key)
+                && slot.next <= now
                 && let Some(out) = slot.waiting.take()
             {
                 slot.next = now + slot.interval;
@@ -159,6 +171,28 @@ mod tests {
         assert_eq!(due, vec![output("/a", 3.0)]);
         assert!(matches!(c.offer(output("/a", 4.0), every, start + every), Offer::Waiting));
         assert_eq!(c.drain(), vec![output("/a", 4.0)]);
+    }
+
+    #[test]
+    fn a_value_due_before_the_timer_fired_gives_way_to_a_newer_one() {
+        let mut c = Coalescer::default();
+        let start = tokio::time::Instant::now();
+        let every = Duration::from_millis(100);
+        assert!(matches!(c.offer(output("/a", 1.0), every, start), Offer::SendNow(_)));
+        assert!(matches!(c.offer(output("/a", 2.0), every, start), Offer::Waiting));
+        // The interval has passed, but the timer has not taken 2.0 out yet.
+        let late = start + every + Duration::from_millis(1);
+        match c.offer(output("/a", 3.0), every, late) {
+            Offer::SendNowReplacing(out) => assert_eq!(out, output("/a", 3.0)),
+            _ => panic!("3.0 must go out at once and replace 2.0"),
+        }
+        assert!(c.take_due(late).is_empty(), "2.0 never goes out after 3.0");
+        // A value within the new interval waits for it, even though the
+        // old due entry is still there.
+        assert!(matches!(c.offer(output("/a", 4.0), every, late), Offer::Waiting));
+        assert!(c.take_due(late + Duration::from_millis(50)).is_empty());
+        assert_eq!(c.take_due(late + every), vec![output("/a", 4.0)]);
+        assert_eq!(c.drain(), vec![]);
     }
 
     #[test]

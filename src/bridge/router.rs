@@ -591,6 +591,10 @@ impl Router {
                 let now = tokio::time::Instant::now();
                 match self.coalescer.offer(out, interval, now) {
                     Offer::SendNow(out) => self.dispatch(out),
+                    Offer::SendNowReplacing(out) => {
+                        bump(&self.outputs.routes[route_index].coalesced);
+                        self.dispatch(out);
+                    }
                     Offer::Waiting => {}
                     Offer::Replaced => bump(&self.outputs.routes[route_index].coalesced),
                 }
