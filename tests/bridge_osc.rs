@@ -405,6 +405,43 @@ to = [{ sc_event = "note" }, { sc_channel = "notes" }]
     running.stop().await;
 }
 
+/// The server re-serialises every publish in JavaScript, so our `1.0` on a
+/// plain channel comes back as `1`; it is still known as our own echo and
+/// goes no further, so an OSC ↔ channel pair does not loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_float_on_a_plain_channel_is_still_known_as_our_echo() {
+    let (server, td, running) = bridge_with(
+        r#"
+[[route]]
+name = "from td"
+from = { osc = "/fader" }
+to = [{ sc_channel = "fader" }]
+
+[[route]]
+name = "to td"
+from = { sc_channel = "fader" }
+to = [{ osc = "/fader" }]
+"#,
+    )
+    .await;
+    subscribed(&server, 4).await;
+    let socket_id = server.socket_ids().await.pop().expect("the bridge's socket");
+
+    send_osc(osc_port(&running), "/fader", vec![OscType::Float(1.0)]).await;
+    server.next_line_matching(|l| l == format!("PUBLISH {socket_id} fader 1"), WAIT).await;
+    wait_until(|| get(&running.stats.own_echoes) == 1, WAIT, "the echo recognised").await;
+    assert_eq!(td.try_next(Duration::from_millis(300)).await, None);
+    assert_eq!(get(&running.routes()[1].matched), 0);
+
+    // Another client's value on the channel still reaches TouchDesigner.
+    server.publish("fader", &json!(1)).await;
+    assert_eq!(
+        td.next(WAIT).await,
+        OscMessage { addr: "/fader".into(), args: vec![OscType::Float(1.0)] }
+    );
+    running.stop().await;
+}
+
 /// A route from the OSC address `/fader` to the SocketCluster channel
 /// `fader`, at most `per_second` values a second.
 fn fader_route(per_second: f64) -> String {

@@ -39,8 +39,7 @@ impl EchoFilter {
     fn key(channel: &str, data: &Value) -> u64 {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         channel.hash(&mut hasher);
-        // serde_json's maps are sorted, so equal values print equally.
-        data.to_string().hash(&mut hasher);
+        hash_as_javascript_sees_it(data, &mut hasher);
         hasher.finish()
     }
 
@@ -215,6 +214,35 @@ fn no_link(stats: &RouteStats, link: &'static str) {
     }
 }
 
+/// Hashes a value so that what the SocketCluster server sends back hashes
+/// equally: the server parses and re-serialises every publish in
+/// JavaScript, where all numbers are doubles. `1.0` comes back as `1`,
+/// `-0.0` as `0`, and an integer beyond 2^53 rounded. Maps need no care:
+/// serde_json keeps their keys sorted on both sides.
+fn hash_as_javascript_sees_it(value: &Value, hasher: &mut impl Hasher) {
+    match value {
+        Value::Null => 0u8.hash(hasher),
+        Value::Bool(b) => (1u8, b).hash(hasher),
+        Value::Number(n) => {
+            let x = n.as_f64().unwrap_or(f64::NAN);
+            // `+ 0.0` turns -0.0 into 0.0, as JSON.stringify prints both.
+            (2u8, (x + 0.0).to_bits()).hash(hasher);
+        }
+        Value::String(text) => (3u8, text).hash(hasher),
+        Value::Array(items) => {
+            (4u8, items.len()).hash(hasher);
+            items.iter().for_each(|item| hash_as_javascript_sees_it(item, hasher));
+        }
+        Value::Object(fields) => {
+            (5u8, fields.len()).hash(hasher);
+            for (key, field) in fields {
+                key.hash(hasher);
+                hash_as_javascript_sees_it(field, hasher);
+            }
+        }
+    }
+}
+
 fn value_of(body: Body, name: &str) -> Value {
     match body {
         Body::Value(value) => value,
@@ -234,5 +262,19 @@ mod tests {
         assert!(!echoes.is_echo("notes", &json!({"a": 2})));
         assert!(echoes.is_echo("notes", &json!({"a": 1})));
         assert!(!echoes.is_echo("notes", &json!({"a": 1})));
+    }
+
+    #[test]
+    fn an_echo_is_recognised_after_javascript_rewrote_its_numbers() {
+        let echoes = EchoFilter::default();
+        let sent = json!({"v": 1.0, "w": [0.0, 2.50, -0.0], "big": 9_007_199_254_740_993_u64});
+        let echoed: Value =
+            serde_json::from_str(r#"{"big":9007199254740992,"v":1,"w":[0,2.5,0]}"#).expect("json");
+        echoes.remember("fader", &sent);
+        assert!(!echoes.is_echo("fader", &json!({"v": 1.5, "w": [0, 2.5, 0], "big": 1})));
+        assert!(echoes.is_echo("fader", &echoed));
+        echoes.remember("fader", &json!(1.0));
+        assert!(!echoes.is_echo("fader", &json!("1")), "a string is not a number");
+        assert!(echoes.is_echo("fader", &json!(1)));
     }
 }
