@@ -44,17 +44,37 @@ impl EchoFilter {
     }
 
     pub(super) fn remember(&self, channel: &str, data: &Value) {
+        self.remember_at(channel, data, Instant::now());
+    }
+
+    fn remember_at(&self, channel: &str, data: &Value, now: Instant) {
         let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
         if sent.len() >= ECHO_MEMORY {
             sent.pop_front();
         }
-        sent.push_back((Self::key(channel, data), Instant::now()));
+        sent.push_back((Self::key(channel, data), now));
+    }
+
+    /// The link is up again: what was remembered goes out only now, with
+    /// the queue the link held while it was down, so its echo window starts
+    /// now. Without this an outage longer than the window would make our
+    /// own held publishes come back as input.
+    pub(super) fn link_up(&self) {
+        self.link_up_at(Instant::now());
+    }
+
+    fn link_up_at(&self, now: Instant) {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.iter_mut().for_each(|(_, at)| *at = now);
     }
 
     /// True (once) when this is the echo of something we sent.
     pub(super) fn is_echo(&self, channel: &str, data: &Value) -> bool {
+        self.is_echo_at(channel, data, Instant::now())
+    }
+
+    fn is_echo_at(&self, channel: &str, data: &Value, now: Instant) -> bool {
         let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
         while sent.front().is_some_and(|(_, at)| now.duration_since(*at) > ECHO_WINDOW) {
             sent.pop_front();
         }
@@ -262,6 +282,20 @@ mod tests {
         assert!(!echoes.is_echo("notes", &json!({"a": 2})));
         assert!(echoes.is_echo("notes", &json!({"a": 1})));
         assert!(!echoes.is_echo("notes", &json!({"a": 1})));
+    }
+
+    #[test]
+    fn a_publish_held_through_a_long_outage_is_known_as_an_echo_after_the_reconnect() {
+        let echoes = EchoFilter::default();
+        let sent_at = Instant::now();
+        let back_at = sent_at + ECHO_WINDOW * 2;
+        echoes.remember_at("notes", &json!(1), sent_at);
+        echoes.remember_at("notes", &json!(2), sent_at);
+        assert!(!echoes.is_echo_at("notes", &json!(1), back_at), "without the reconnect, expired");
+        echoes.remember_at("notes", &json!(3), sent_at);
+        echoes.link_up_at(back_at);
+        assert!(echoes.is_echo_at("notes", &json!(3), back_at + Duration::from_millis(100)));
+        assert!(!echoes.is_echo_at("notes", &json!(3), back_at + ECHO_WINDOW * 2));
     }
 
     #[test]

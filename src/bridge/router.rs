@@ -155,11 +155,7 @@ impl Router {
                     if changed.is_err() {
                         break;
                     }
-                    let connected = self.link.borrow_and_update().is_connected();
-                    if connected {
-                        self.announce();
-                    }
-                    self.publish_status();
+                    self.link_changed();
                 }
             }
         }
@@ -394,6 +390,15 @@ impl Router {
         report
     }
 
+    fn link_changed(&mut self) {
+        let connected = self.link.borrow_and_update().is_connected();
+        if connected {
+            self.outputs.echoes.link_up();
+            self.announce();
+        }
+        self.publish_status();
+    }
+
     /// Tells the other cables clients whether we send, after every connect.
     fn announce(&self) {
         if let Some(cables) = &self.cables {
@@ -475,8 +480,14 @@ impl Router {
                     }
                 }
                 if self.raw_channels.contains(&channel) {
+                    // The link reports a connect right after sending what it
+                    // held. The select may bring the echo of a held publish
+                    // before that report, so the report is taken first.
+                    if self.link.has_changed().unwrap_or(false) {
+                        self.link_changed();
+                    }
                     if self.outputs.echoes.is_echo(&channel, &data) {
-                        return bump(&stats.own_echoes);
+                        return bump(&self.outputs.stats.own_echoes);
                     }
                     return self.route(Message::value(SourceKind::ScChannel, channel, data));
                 }
