@@ -98,6 +98,14 @@ impl Cables {
         self.config.allow_send && self.silenced_by.is_none()
     }
 
+    /// Carries over who silenced us from the state before a reload, when
+    /// the channel is the same and we still give way to other senders.
+    pub fn keep_arbitration(&mut self, before: &Cables) {
+        if before.config.channel == self.config.channel && !self.config.allow_multiple_senders {
+            self.silenced_by.clone_from(&before.silenced_by);
+        }
+    }
+
     /// Who silenced us, if anyone.
     pub fn silenced_by(&self) -> Option<&str> {
         self.silenced_by.as_deref()
@@ -112,10 +120,13 @@ impl Cables {
         Value::Object(fields)
     }
 
-    /// Our Allow Send announcement on the control channel.
-    pub fn announcement(&self) -> Value {
+    /// Our Allow Send announcement on the control channel. `sends_here`
+    /// says whether any route sends to this cables channel: one that only
+    /// receives announces `false`, so that it never silences a patch whose
+    /// Allow Multiple Senders is off.
+    pub fn announcement(&self, sends_here: bool) -> Value {
         let mut payload = Map::new();
-        payload.insert("allowSend".into(), Value::Bool(self.config.allow_send));
+        payload.insert("allowSend".into(), Value::Bool(self.config.allow_send && sends_here));
         self.envelope(CONTROL_TOPIC, Value::Object(payload))
     }
 
@@ -271,10 +282,43 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_on_the_same_channel_keeps_who_silenced_us() {
+        let take_over =
+            json!({"topic": CONTROL_TOPIC, "clientId": "rival", "payload": {"allowSend": true}});
+        let mut before = cables(false, false);
+        before.receive("show/control", take_over);
+        assert!(!before.can_send());
+
+        let mut same_channel =
+            Cables::new(CablesConfig { extra: Map::new(), ..before.config.clone() });
+        same_channel.keep_arbitration(&before);
+        assert_eq!(same_channel.silenced_by(), Some("rival"));
+        assert!(!same_channel.can_send());
+
+        let mut elsewhere =
+            Cables::new(CablesConfig { channel: "other".into(), ..before.config.clone() });
+        elsewhere.keep_arbitration(&before);
+        assert!(elsewhere.can_send(), "another channel has its own senders");
+
+        let mut tolerant =
+            Cables::new(CablesConfig { allow_multiple_senders: true, ..before.config.clone() });
+        tolerant.keep_arbitration(&before);
+        assert!(tolerant.can_send());
+    }
+
+    #[test]
     fn our_announcement_is_a_control_envelope() {
         assert_eq!(
-            cables(false, false).announcement(),
+            cables(false, false).announcement(true),
             json!({"token": "t", "topic": CONTROL_TOPIC, "clientId": "me", "payload": {"allowSend": true}})
+        );
+    }
+
+    #[test]
+    fn a_bridge_that_only_receives_announces_that_it_does_not_send() {
+        assert_eq!(
+            cables(false, false).announcement(false)["payload"],
+            json!({"allowSend": false})
         );
     }
 }

@@ -270,6 +270,62 @@ to = [{ cables_object = "value" }]
     running.stop().await;
 }
 
+/// What the bridge announced on the cables control channel, in order.
+fn announced(server: &ScServer, socket_id: &str) -> Vec<Value> {
+    let prefix = format!("PUBLISH {socket_id} show/control ");
+    server
+        .lines_so_far()
+        .iter()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .map(|data| serde_json::from_str::<Value>(data).expect("JSON in a PUBLISH line"))
+        .map(|envelope| envelope["payload"].clone())
+        .collect()
+}
+
+/// A bridge that only receives from cables announces that it does not
+/// send, so a patch with Allow Multiple Senders off keeps sending to it. A
+/// reload that adds a route to cables announces that it now sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_announces_that_it_sends_only_when_a_route_sends_to_cables() {
+    let receive = r#"
+[[route]]
+name = "in"
+from = { cables_object = "in/*" }
+to = [{ osc = "/in/*" }]
+"#;
+    let send = r#"
+[[route]]
+name = "out"
+from = { osc = "/out" }
+to = [{ cables_object = "out" }]
+"#;
+    let (server, td, running) = bridge_with(receive).await;
+    let socket_id = server.socket_ids().await.pop().expect("the bridge's socket");
+    wait_until(|| !announced(&server, &socket_id).is_empty(), WAIT, "the announcement").await;
+    assert_eq!(announced(&server, &socket_id), vec![json!({"allowSend": false})]);
+
+    let toml = format!("{BASE}{receive}{send}")
+        .replace("{SC}", &server.url())
+        .replace("{TD}", &td.addr().to_string());
+    let report = running.reload(Config::from_toml(&toml, "test.toml").expect("valid")).await;
+    assert!(report.failed.is_empty(), "{report:?}");
+    wait_until(|| announced(&server, &socket_id).len() == 2, WAIT, "the new announcement").await;
+    assert_eq!(
+        announced(&server, &socket_id),
+        vec![json!({"allowSend": false}), json!({"allowSend": true})]
+    );
+
+    // A reload that changes nothing about sending announces nothing.
+    let report = running.reload(Config::from_toml(&toml, "test.toml").expect("valid")).await;
+    assert!(report.failed.is_empty(), "{report:?}");
+    send_osc(osc_port(&running), "/out", vec![OscType::Int(1)]).await;
+    server
+        .next_line_matching(|l| l.starts_with(&format!("PUBLISH {socket_id} show/objects ")), WAIT)
+        .await;
+    assert_eq!(announced(&server, &socket_id).len(), 2);
+    running.stop().await;
+}
+
 /// Garbage on the OSC port and envelopes missing keys are counted and
 /// skipped; the good message after them still arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

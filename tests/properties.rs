@@ -1056,7 +1056,7 @@ proptest! {
             receiver.receive(&triggers, sender_cables.envelope(&topic, json!(trigger.clone()))),
             Received::Message(Message::trigger(SourceKind::CablesTrigger, trigger))
         );
-        let announced = receiver.receive(&control, sender_cables.announcement());
+        let announced = receiver.receive(&control, sender_cables.announcement(true));
         let is_control_from_sender = matches!(
             &announced,
             Received::Control { from, allow_send, .. }

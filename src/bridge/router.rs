@@ -80,7 +80,14 @@ impl Router {
     pub(super) fn adopt(&mut self, config: &Config) {
         let cables_changed = self.cables.as_ref().map(|c| c.config()) != config.cables.as_ref();
         if cables_changed || self.cables.is_none() {
-            self.cables = config.cables.clone().map(Cables::new);
+            let old = self.cables.take();
+            self.cables = config.cables.clone().map(|config| {
+                let mut cables = Cables::new(config);
+                if let Some(old) = &old {
+                    cables.keep_arbitration(old);
+                }
+                cables
+            });
             self.outputs.cables = self.cables.as_ref().map(|c| {
                 Arc::new(CablesOut {
                     cables: Cables::new(c.config().clone()),
@@ -239,6 +246,7 @@ impl Router {
     /// is restarted only when its own settings changed.
     async fn reload(&mut self, mut config: Config) -> ReloadReport {
         let mut report = ReloadReport { routes: config.routes.len(), ..ReloadReport::default() };
+        let announced = self.announcement();
         let old_subscriptions = sc_subscriptions(&self.config);
         let new_subscriptions = sc_subscriptions(&config);
         if config.socketcluster != self.config.socketcluster
@@ -381,6 +389,13 @@ impl Router {
         self.last_values.clear();
         self.adopt(&config);
         self.config = config;
+        // A new link announces once it connects.
+        if !report.socketcluster_reconnected
+            && self.link.borrow().is_connected()
+            && self.announcement() != announced
+        {
+            self.announce();
+        }
         self.publish_view();
         bump(&self.outputs.stats.reloads);
         tracing::info!(?report, "config reloaded");
@@ -399,11 +414,18 @@ impl Router {
         self.publish_status();
     }
 
-    /// Tells the other cables clients whether we send, after every connect.
+    /// Tells the other cables clients whether we send, after every connect
+    /// and after a reload that changed it.
     fn announce(&self) {
-        if let Some(cables) = &self.cables {
-            self.outputs.sc.publish(cables.control_channel(), &cables.announcement());
+        if let Some((channel, announcement)) = self.announcement() {
+            self.outputs.sc.publish(&channel, &announcement);
         }
+    }
+
+    fn announcement(&self) -> Option<(String, Value)> {
+        let cables = self.cables.as_ref()?;
+        let announcement = cables.announcement(self.table.sends_to_cables());
+        Some((cables.control_channel().to_owned(), announcement))
     }
 
     /// Publishes the SocketCluster link state: retained on MQTT, 1/0 on OSC.

@@ -216,6 +216,14 @@ impl RoutingTable {
         &self.routes
     }
 
+    /// Whether any route, enabled or not, has a cables destination.
+    pub fn sends_to_cables(&self) -> bool {
+        self.routes
+            .iter()
+            .flat_map(|r| &r.destinations)
+            .any(|d| matches!(d.target, Target::CablesObject | Target::CablesTrigger { .. }))
+    }
+
     pub fn route_by_id(&self, id: RouteId) -> Option<&Route> {
         self.routes.get(id.0)
     }
