@@ -191,7 +191,7 @@ pub fn explain(config: &Config, source: SourceKind, name: &str, value: Option<Va
                 Skip::Disabled => "the route is disabled: nothing sent (counted as `disabled`)",
                 Skip::Loop => "one destination is the source itself: skipped (counted as `loops`)",
                 Skip::BadName => {
-                    "a destination name could not be made: skipped (counted as `bad_names`)"
+                    "a destination name could not be made, or came out empty: skipped (counted as `bad_names`)"
                 }
             };
             let _ = writeln!(out, "  route [{}]: {why}", skip_id.0);

@@ -49,7 +49,7 @@ crate::stats::counters! {
         disabled,
         /// Skipped: the output would go back where the message came from.
         loops,
-        /// Skipped: the destination name could not be made.
+        /// Skipped: the destination name could not be made, or came out empty.
         bad_names,
         /// Dropped: the endpoint's queue was full, or the bound on invokes
         /// awaiting their reply was reached.

@@ -597,7 +597,7 @@ impl Router {
                 Skip::BadName => {
                     if let Some(count) = crate::stats::bump_loggable(&route_stats.bad_names) {
                         let route = &table.routes()[id.0].name;
-                        tracing::warn!(%route, name = %message.name, count, "a destination name could not be made from this message: output skipped");
+                        tracing::warn!(%route, name = %message.name, count, "a destination name could not be made from this message, or came out empty: output skipped");
                     }
                 }
             }

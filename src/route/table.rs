@@ -54,6 +54,19 @@ pub enum Target {
 
 /// Characters OSC reserves for address patterns; a name must not carry them.
 pub const OSC_RESERVED: &[char] = &[' ', '#', '*', ',', '?', '[', ']', '{', '}'];
+/// An empty capture leaves an empty level (`/td//b`, `/td/`); OSC 1.1 reads
+/// `//` as a wildcard across levels, so an empty level becomes `_` too. An
+/// MQTT topic may have empty levels and keeps them.
+fn fill_empty_osc_levels(name: String) -> String {
+    let body = name.strip_prefix('/').unwrap_or(&name);
+    if !body.contains("//") && !body.starts_with('/') && !(body.ends_with('/')) {
+        return name;
+    }
+    let levels: Vec<&str> =
+        body.split('/').map(|level| if level.is_empty() { "_" } else { level }).collect();
+    format!("/{}", levels.join("/"))
+}
+
 /// Characters an MQTT topic name must not carry: the filter wildcards and NUL.
 const MQTT_RESERVED: &[char] = &['+', '#', '\0'];
 
@@ -70,7 +83,11 @@ impl Target {
         // UTF-8 character is, so a byte scan finds them. It runs on every
         // message; `str::contains` with a char slice costs several times more.
         let found = name.bytes().any(|b| forbidden.iter().any(|&c| c as u32 == u32::from(b)));
-        if found { name.replace(forbidden, "_") } else { name }
+        let name = if found { name.replace(forbidden, "_") } else { name };
+        match self {
+            Target::Osc { .. } => fill_empty_osc_levels(name),
+            _ => name,
+        }
     }
 
     /// The source kind a message sent here would come back as, if the
@@ -139,7 +156,8 @@ pub enum Skip {
     Disabled,
     /// The destination name equals the source name on the same side.
     Loop,
-    /// The destination name could not be made from the captures.
+    /// The destination name could not be made from the captures, or came
+    /// out empty.
     BadName,
 }
 
@@ -263,6 +281,10 @@ impl RoutingTable {
                     continue;
                 };
                 let name = destination.target.sanitize(name);
+                if name.is_empty() {
+                    skipped.push((id, Skip::BadName));
+                    continue;
+                }
                 if destination.target.echo_kind() == message.source && name == message.name {
                     skipped.push((id, Skip::Loop));
                     continue;
@@ -442,6 +464,24 @@ mod tests {
         assert_eq!(osc().sanitize("/salle/été #2".into()), "/salle/été__2");
         assert_eq!(mqtt(false).sanitize("maison/pièce+#".into()), "maison/pièce__");
         assert_eq!(mqtt(false).sanitize("a\0b".into()), "a_b");
+    }
+
+    #[test]
+    fn an_empty_capture_leaves_no_empty_osc_level_and_no_empty_name() {
+        let table = RoutingTable::new(vec![route(
+            "levels",
+            source(SourceKind::Mqtt, "a/+/b/#"),
+            vec![dest(osc(), "/td/+/b"), dest(osc(), "/td/{2}"), dest(mqtt(false), "{1}")],
+        )]);
+        let (out, skipped) =
+            routed(&table, &Message::value(SourceKind::Mqtt, "a//b/x//y", json!(1)));
+        let names: Vec<&str> = out.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["/td/_/b", "/td/x/_/y"]);
+        assert_eq!(skipped, [(RouteId(0), Skip::BadName)], "an empty MQTT topic is not sent");
+        assert_eq!(osc().sanitize("/".into()), "/");
+        assert_eq!(osc().sanitize("/td/".into()), "/td/_");
+        assert_eq!(osc().sanitize("/td/a".into()), "/td/a");
+        assert_eq!(mqtt(false).sanitize("a//b".into()), "a//b");
     }
 
     #[test]
