@@ -527,7 +527,15 @@ async fn a_rate_limited_route_coalesces_and_always_delivers_the_latest_value() {
     let (sent, coalesced) = (get(&route.sent), get(&route.coalesced));
     assert_eq!(sent + coalesced, 50, "every output is sent or counted as replaced");
     assert!(sent < 50, "the stream was not coalesced: {sent} sent");
-    assert_eq!(server.count_lines(&format!("PUBLISH {socket_id} fader ")) as u64, sent);
+    let prefix = format!("PUBLISH {socket_id} fader ");
+    wait_until(|| server.count_lines(&prefix) as u64 == sent, WAIT, "every sent value").await;
+    let values: Vec<i64> = server
+        .lines_so_far()
+        .iter()
+        .filter_map(|line| line.strip_prefix(&prefix)?.parse().ok())
+        .collect();
+    assert!(values.is_sorted(), "never an older value after a newer one: {values:?}");
+    assert_eq!(values.last(), Some(&49));
     running.stop().await;
 }
 
