@@ -152,9 +152,10 @@ fn packet_from_value(value: Value) -> Result<Packet, DecodeError> {
         None => {}
     }
     if let Some(rid) = fields.get("rid").and_then(Value::as_u64) {
+        // `"error": null` is no error, as socketcluster-client reads it.
         let result = match fields.remove("error") {
-            Some(error) => Err(RemoteError::from_value(error)),
-            None => Ok(data),
+            Some(error) if !error.is_null() => Err(RemoteError::from_value(error)),
+            _ => Ok(data),
         };
         return Ok(Packet::Response { rid, result });
     }

@@ -44,8 +44,8 @@ pub enum Output {
 enum SubState {
     /// Not sent on this connection yet (or waiting for auth).
     Pending,
-    /// `#subscribe` sent; waiting for the ack.
-    Requested,
+    /// `#subscribe` sent with this cid; waiting for its ack.
+    Requested { cid: u64 },
     /// Acked by the server.
     Subscribed,
 }
@@ -148,7 +148,8 @@ impl Session {
         self.authenticated = false;
         for (_, pending) in self.pending.drain() {
             match pending {
-                Pending::User(reply) | Pending::Authenticate(Some(reply)) => {
+                // One whose caller gave up was counted as timed out already.
+                Pending::User(reply) | Pending::Authenticate(Some(reply)) if !reply.is_closed() => {
                     ScStats::bump(&self.stats.invokes_lost);
                     let _ = reply.send(Err(InvokeError::ConnectionLost));
                 }
@@ -165,6 +166,8 @@ impl Session {
     pub fn subscribe(&mut self, channel: &str, wait_for_auth: bool, out: &mut Vec<Output>) {
         if let Some(existing) = self.subscriptions.get_mut(channel) {
             existing.wait_for_auth = wait_for_auth;
+            // A channel held back for auth may go now.
+            self.send_pending_subscriptions(out);
             return;
         }
         let order = self.next_order;
@@ -223,9 +226,17 @@ impl Session {
     }
 
     /// Forgets invokes whose caller stopped waiting (its ack timeout passed).
+    /// An `#authenticate` stays tracked without its caller: a late reply
+    /// still tells whether the server authenticated the socket.
     pub fn forget_abandoned_invokes(&mut self) {
         self.pending.retain(|_, pending| match pending {
-            Pending::User(reply) | Pending::Authenticate(Some(reply)) => !reply.is_closed(),
+            Pending::User(reply) => !reply.is_closed(),
+            Pending::Authenticate(reply) => {
+                if reply.as_ref().is_some_and(|r| r.is_closed()) {
+                    *reply = None;
+                }
+                true
+            }
             _ => true,
         });
     }
@@ -289,19 +300,32 @@ impl Session {
         };
         match pending {
             Pending::Handshake => self.on_handshake_reply(result, out),
-            Pending::Subscribe(channel) => match result {
-                Ok(_) => {
-                    if let Some(sub) = self.subscriptions.get_mut(&channel) {
-                        sub.state = SubState::Subscribed;
-                        tracing::debug!(%channel, "subscribed");
+            Pending::Subscribe(channel) => {
+                // Only the answer to the channel's latest request counts: an
+                // unsubscribe and a new subscribe may have followed this one.
+                let current = self
+                    .subscriptions
+                    .get(&channel)
+                    .is_some_and(|sub| sub.state == SubState::Requested { cid: rid });
+                match result {
+                    Ok(_) if current => {
+                        if let Some(sub) = self.subscriptions.get_mut(&channel) {
+                            sub.state = SubState::Subscribed;
+                            tracing::debug!(%channel, "subscribed");
+                        }
+                    }
+                    Ok(_) => tracing::debug!(%channel, rid, "the ack of an earlier subscribe"),
+                    Err(err) => {
+                        ScStats::bump(&self.stats.subscribe_failures);
+                        if current {
+                            tracing::warn!(%channel, error = %err, "the server refused the subscription; dropping the channel");
+                            self.subscriptions.remove(&channel);
+                        } else {
+                            tracing::warn!(%channel, error = %err, "the server refused an earlier subscribe of the channel; a newer one stands");
+                        }
                     }
                 }
-                Err(err) => {
-                    ScStats::bump(&self.stats.subscribe_failures);
-                    tracing::warn!(%channel, error = %err, "the server refused the subscription; dropping the channel");
-                    self.subscriptions.remove(&channel);
-                }
-            },
+            }
             Pending::Authenticate(reply) => {
                 let outcome = match result {
                     Ok(data) => {
@@ -341,9 +365,11 @@ impl Session {
             }
         };
         let socket_id = data.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+        // A zero timeout would end the connection as soon as it opened.
         let ping_timeout = data
             .get("pingTimeout")
             .and_then(Value::as_u64)
+            .filter(|ms| *ms > 0)
             .map(Duration::from_millis)
             .unwrap_or(DEFAULT_PING_TIMEOUT);
         let authenticated = data.get("isAuthenticated").and_then(Value::as_bool).unwrap_or(false);
@@ -385,7 +411,7 @@ impl Session {
         ready.sort_by_key(|(_, sub)| sub.order);
         for (channel, sub) in ready {
             let cid = self.cids.fetch_add(1, Ordering::Relaxed);
-            sub.state = SubState::Requested;
+            sub.state = SubState::Requested { cid };
             out.push(Output::Send(codec::encode_subscribe(channel, sub.wait_for_auth, cid)));
             self.pending.insert(cid, Pending::Subscribe(channel.clone()));
         }
@@ -434,6 +460,9 @@ impl Session {
                 // WebSocket close that follows is what ends the connection.
                 tracing::info!(data = ?data, "the server announced a disconnect");
             }
+            // Every `#` name is taken as reserved, in v2 too (where the
+            // protocol reserves eight): a route name cannot hold `#`, so no
+            // route could take such an event.
             name if name.starts_with('#') => {
                 ScStats::bump(&self.stats.unknown_events);
                 tracing::debug!(event = name, "ignored an unknown reserved event");
@@ -503,6 +532,73 @@ mod tests {
         let reply = json!({"rid": cid, "data": {"id": "sock1", "pingTimeout": 5000, "isAuthenticated": authenticated}});
         session.on_text(&reply.to_string(), &mut out);
         out
+    }
+
+    #[test]
+    fn a_reply_whose_error_is_null_is_a_success() {
+        let mut s = session();
+        open(&mut s, false);
+        let mut out = Vec::new();
+        s.subscribe("a", false, &mut out);
+        s.on_text(r#"{"rid":2,"error":null}"#, &mut out);
+        assert_eq!(s.subscriptions(), vec![("a".to_owned(), true)]);
+        assert_eq!(ScStats::get(&s.stats.subscribe_failures), 0);
+    }
+
+    #[test]
+    fn a_late_refusal_of_an_earlier_subscribe_leaves_the_newer_one_standing() {
+        let mut s = session();
+        open(&mut s, false);
+        let mut out = Vec::new();
+        s.subscribe("c", false, &mut out);
+        s.unsubscribe("c", &mut out);
+        s.subscribe("c", false, &mut out);
+        assert_eq!(
+            sent(&out),
+            vec![
+                r##"{"event":"#subscribe","data":{"channel":"c"},"cid":2}"##,
+                r##"{"event":"#unsubscribe","data":"c"}"##,
+                r##"{"event":"#subscribe","data":{"channel":"c"},"cid":3}"##
+            ]
+        );
+        s.on_text(r#"{"rid":2,"error":{"name":"X","message":"refused"}}"#, &mut out);
+        assert_eq!(s.subscriptions(), vec![("c".to_owned(), false)], "still requested");
+        s.on_text(r#"{"rid":3}"#, &mut out);
+        assert_eq!(s.subscriptions(), vec![("c".to_owned(), true)]);
+        assert_eq!(ScStats::get(&s.stats.subscribe_failures), 1, "the refusal is still counted");
+    }
+
+    #[test]
+    fn a_channel_no_longer_waiting_for_auth_is_subscribed_at_once() {
+        let mut s = session();
+        open(&mut s, false);
+        let mut out = Vec::new();
+        s.subscribe("x", true, &mut out);
+        assert!(sent(&out).is_empty(), "it waits for auth");
+        s.subscribe("x", false, &mut out);
+        assert_eq!(sent(&out), vec![r##"{"event":"#subscribe","data":{"channel":"x"},"cid":2}"##]);
+    }
+
+    #[test]
+    fn a_late_authenticate_reply_still_authenticates_the_link() {
+        let mut s = session();
+        let mut out = Vec::new();
+        s.subscribe("private", true, &mut out);
+        open(&mut s, false);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        s.authenticate("token".into(), reply, &mut out);
+        drop(answer); // the caller's ack timeout passed
+        s.forget_abandoned_invokes();
+        let mut out = Vec::new();
+        s.on_text(r#"{"rid":2,"data":{"isAuthenticated":true}}"#, &mut out);
+        assert!(s.is_authenticated());
+        assert_eq!(
+            sent(&out),
+            vec![
+                r##"{"event":"#subscribe","data":{"channel":"private","waitForAuth":true},"cid":3}"##
+            ]
+        );
+        assert_eq!(ScStats::get(&s.stats.unknown_replies), 0);
     }
 
     #[test]
