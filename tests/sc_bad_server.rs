@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use scbridge::sc::{Incoming, ScClient, ScConfig, ScStats};
+use scbridge::sc::{Incoming, LinkState, ScClient, ScConfig, ScStats};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
@@ -101,4 +101,67 @@ async fn a_server_that_never_answers_the_handshake_is_retried() {
     assert_eq!(count, 2);
     assert!(ScStats::get(&client.stats().connect_failures) >= 1);
     assert_eq!(ScStats::get(&client.stats().connections), 0);
+}
+
+/// A server that answers the handshake with `pingTimeout: 0` and then drops
+/// each connection without a status: the zero timeout does not end the
+/// connection at once, and the drop, though a "no status" close the JS
+/// client retries at once, meets the reconnect delay because the
+/// connection had barely lived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_drops_each_connection_after_the_handshake_meets_the_reconnect_delay() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("local addr").port();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for connection in 0..2 {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
+            let hello: Value = serde_json::from_str(
+                ws.next().await.expect("frame").expect("ok").to_text().expect("text"),
+            )
+            .expect("json");
+            let reply = json!({"rid": hello["cid"], "data": {"id": format!("s{connection}"), "pingTimeout": 0}});
+            ws.send(Message::text(reply.to_string())).await.expect("send");
+            let subscribe: Value = serde_json::from_str(
+                ws.next().await.expect("frame").expect("ok").to_text().expect("text"),
+            )
+            .expect("json");
+            ws.send(Message::text(json!({"rid": subscribe["cid"]}).to_string()))
+                .await
+                .expect("send");
+            if connection == 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let alive = json!({"event": "#publish", "data": {"channel": "c", "data": "alive"}});
+                ws.send(Message::text(alive.to_string())).await.expect("send");
+                ws.close(None).await.expect("close without a status");
+            }
+            held.push(ws);
+        }
+        held.len()
+    });
+
+    let mut config =
+        ScConfig::new(Url::parse(&format!("ws://127.0.0.1:{port}/socketcluster/")).expect("url"));
+    config.reconnect.delay = Duration::from_millis(300);
+    config.reconnect.max_delay = Duration::from_millis(300);
+    let (client, mut incoming) = ScClient::start(config);
+    client.subscribe("c", false).await;
+    let mut link = client.link_state();
+
+    let message =
+        tokio::time::timeout(WAIT, incoming.recv()).await.expect("in time").expect("open");
+    assert_eq!(message, Incoming::Publish { channel: "c".into(), data: json!("alive") });
+    let down =
+        tokio::time::timeout(WAIT, link.wait_for(|s| matches!(s, LinkState::Disconnected { .. })))
+            .await
+            .expect("the drop is noticed")
+            .expect("the link task runs")
+            .clone();
+    let LinkState::Disconnected { code, retry_in, .. } = down else { unreachable!() };
+    assert_eq!(code, Some(1005));
+    assert_eq!(retry_in, Duration::from_millis(300), "the reconnect delay, not at once");
+    assert_eq!(ScStats::get(&client.stats().connections), 1);
+    assert_eq!(tokio::time::timeout(WAIT, server).await.expect("reconnected").expect("task"), 2);
+    client.shutdown().await;
 }

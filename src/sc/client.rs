@@ -64,6 +64,7 @@ impl ScClient {
             session: Session::new(config.protocol, cids, stats.clone()),
             backoff: Backoff::new(config.reconnect.clone()),
             active: config.active,
+            opened_at: None,
             config,
             queue,
             commands: commands_rx,

@@ -30,6 +30,11 @@ type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const DRAIN_BATCH: usize = 256;
 /// How long a clean close may take before the socket is just dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// A connection lost to a ping timeout is retried at once only when it had
+/// lasted this long: a real ping timeout comes a ping timeout after the last
+/// sign of life at the earliest, and a server that drops every connection
+/// right after the handshake must meet the backoff, not a tight loop.
+const MIN_LIFETIME_FOR_IMMEDIATE_RETRY: Duration = Duration::from_millis(500);
 /// Bytes asked of the socket per read: about a hundred typical publish
 /// frames, so a burst still drains in few reads (larger frames grow the
 /// buffer as they need).
@@ -72,6 +77,8 @@ pub(crate) struct Connection {
     pub stats: Arc<ScStats>,
     pub backoff: Backoff,
     pub active: bool,
+    /// When the current connection's handshake completed.
+    pub opened_at: Option<Instant>,
 }
 
 impl Connection {
@@ -92,6 +99,7 @@ impl Connection {
                 other => other,
             };
             let was_open = self.session.is_open();
+            let lasted = self.opened_at.take().map(|at| at.elapsed()).unwrap_or_default();
             self.session.on_closed();
             match step {
                 Step::Shutdown(done) => return self.finish(done),
@@ -104,7 +112,9 @@ impl Connection {
                     }
                     // As socketcluster-client does: a ping timeout on either
                     // side is retried at once; everything else waits.
-                    let immediate = was_open && matches!(code, Some(4000 | 4001 | 1005));
+                    let immediate = was_open
+                        && matches!(code, Some(4000 | 4001 | 1005))
+                        && lasted >= MIN_LIFETIME_FOR_IMMEDIATE_RETRY;
                     let retry_in =
                         if immediate { Duration::ZERO } else { self.backoff.next_delay() };
                     tracing::warn!(
@@ -337,6 +347,7 @@ impl Connection {
                     Output::Deliver(message) => self.deliver(message),
                     Output::Opened { socket_id, authenticated, ping_timeout: server_timeout } => {
                         self.backoff.reset();
+                        self.opened_at = Some(Instant::now());
                         ping_timeout = server_timeout;
                         deadline = Instant::now() + ping_timeout;
                         tracing::info!(url = %self.config.display_url(), %socket_id, authenticated, "SocketCluster link connected");
@@ -407,29 +418,48 @@ impl Connection {
     ) -> bool {
         self.queue.take(max, batch);
         let more = !batch.is_empty() && self.queue.len() > 0;
+        let mut fed = 0u64;
         let mut items = batch.drain(..);
         while let Some(item) = items.next() {
             if let Some((cid, reply)) = item.reply {
+                // Its caller's ack timeout passed while it waited in the
+                // queue (counted there): the server must not act on an
+                // invoke already reported as failed.
+                if reply.is_closed() {
+                    tracing::debug!(cid, "an invoke whose caller gave up was not sent");
+                    continue;
+                }
                 self.session.track_invoke(cid, reply);
             }
             if ws.feed(Message::text(item.text)).await.is_err() {
-                // The packet the socket refused is lost (an invoke among them
-                // fails to its caller with the connection); the rest of the
-                // batch goes back to the front of the queue for the reconnect.
-                ScStats::bump(&self.stats.write_failures);
+                // The packet the socket refused is lost, and so may be those
+                // fed before it in this write (an invoke among them fails to
+                // its caller with the connection); the rest of the batch goes
+                // back to the front of the queue for the reconnect.
+                crate::stats::add(&self.stats.write_failures, fed + 1);
                 tracing::warn!(
+                    packets = fed + 1,
                     requeued = items.len(),
-                    "a SocketCluster write failed: one packet lost, the rest requeued"
+                    "a SocketCluster write failed: the packets of this write may be lost, the rest requeued"
                 );
                 self.queue.give_back(items, &self.stats);
                 return false;
             }
+            fed += 1;
             ScStats::bump(&self.stats.frames_out);
         }
         if more {
             self.queue.wake();
         }
-        ws.flush().await.is_ok()
+        // tungstenite buffers what is fed and writes it here, so this is
+        // where a broken socket shows for small frames. What part of the
+        // batch reached the server is unknown: all of it counts as lost.
+        if let Err(err) = ws.flush().await {
+            crate::stats::add(&self.stats.write_failures, fed);
+            tracing::warn!(packets = fed, error = %describe_ws_error(&err), "a SocketCluster write failed: the packets of this write may be lost");
+            return false;
+        }
+        true
     }
 
     fn on_ws_message(
@@ -506,7 +536,12 @@ impl Connection {
     }
 }
 
+/// A close frame's payload is at most 125 bytes, two of them the code;
+/// tungstenite does not check that on write.
+const MAX_CLOSE_REASON: usize = 123;
+
 async fn close(ws: &mut WsStream, code: u16, reason: &str) {
+    let reason = close_reason(reason);
     let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_owned().into() };
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         let _ = ws.close(Some(frame)).await;
@@ -514,6 +549,15 @@ async fn close(ws: &mut WsStream, code: u16, reason: &str) {
         while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
+}
+
+/// The reason cut to fit a close frame, on a character boundary.
+fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 fn describe_ws_error(err: &tungstenite::Error) -> String {
@@ -546,5 +590,23 @@ pub(crate) fn describe_close(code: u16) -> &'static str {
         4008 => "handshake rejected or malformed",
         4009 => "message before handshake",
         _ => "closed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_close_reason_is_cut_to_fit_the_frame_on_a_character_boundary() {
+        assert_eq!(close_reason("handshake failed"), "handshake failed");
+        let long = format!("handshake failed: {}", "é".repeat(100));
+        let cut = close_reason(&long);
+        assert!(
+            cut.len() <= MAX_CLOSE_REASON && cut.len() >= MAX_CLOSE_REASON - 1,
+            "{}",
+            cut.len()
+        );
+        assert!(long.starts_with(cut));
     }
 }

@@ -34,8 +34,10 @@ crate::stats::counters! {
         unknown_replies,
         /// Outgoing messages dropped (oldest first) because the send queue was full.
         queue_overflow,
-        /// Packets lost because the write to the socket failed (the connection
-        /// broke); the packets behind them go back to the send queue.
+        /// Packets lost because a write to the socket failed (the connection
+        /// broke): every packet of that write, since which of them reached
+        /// the server is unknown; the packets behind go back to the send
+        /// queue.
         write_failures,
         /// Packets still queued when the link shut down, or handed to it
         /// after that.
