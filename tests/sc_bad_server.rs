@@ -12,6 +12,29 @@ use url::Url;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+type ServerSide = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// The next frame from the client, as JSON.
+async fn next_json(ws: &mut ServerSide) -> Value {
+    let frame = ws.next().await.expect("a frame").expect("readable");
+    serde_json::from_str(frame.to_text().expect("text")).expect("json")
+}
+
+/// Reads the client's `#handshake` and answers it with `data`.
+async fn answer_the_handshake(ws: &mut ServerSide, data: Value) {
+    let hello = next_json(ws).await;
+    assert_eq!(hello["event"], "#handshake");
+    let cid = hello["cid"].as_u64().expect("numeric cid");
+    ws.send(Message::text(json!({"rid": cid, "data": data}).to_string())).await.expect("send");
+}
+
+/// Reads the client's `#subscribe` and acks it.
+async fn ack_the_subscribe(ws: &mut ServerSide) {
+    let subscribe = next_json(ws).await;
+    assert_eq!(subscribe["event"], "#subscribe");
+    ws.send(Message::text(json!({"rid": subscribe["cid"]}).to_string())).await.expect("send");
+}
+
 /// Garbage from the server is counted and skipped; the good frame after it
 /// still arrives and the connection stays up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,19 +44,8 @@ async fn malformed_binary_and_oversized_frames_are_counted_and_skipped() {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.expect("accept");
         let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
-        let hello = ws.next().await.expect("a frame").expect("readable");
-        let hello: Value = serde_json::from_str(hello.to_text().expect("text")).expect("json");
-        assert_eq!(hello["event"], "#handshake");
-        let cid = hello["cid"].as_u64().expect("numeric cid");
-        let reply = json!({"rid": cid, "data": {"id": "scripted", "pingTimeout": 5000, "isAuthenticated": false}});
-        ws.send(Message::text(reply.to_string())).await.expect("send");
-        // The subscribe comes next; ack it.
-        let subscribe: Value = serde_json::from_str(
-            ws.next().await.expect("frame").expect("ok").to_text().expect("text"),
-        )
-        .expect("json");
-        assert_eq!(subscribe["event"], "#subscribe");
-        ws.send(Message::text(json!({"rid": subscribe["cid"]}).to_string())).await.expect("send");
+        answer_the_handshake(&mut ws, json!({"id": "scripted", "pingTimeout": 5000})).await;
+        ack_the_subscribe(&mut ws).await;
         for bad in [
             "{not json",
             "plain words",
@@ -117,19 +129,9 @@ async fn a_server_that_drops_each_connection_after_the_handshake_meets_the_recon
         for connection in 0..2 {
             let (tcp, _) = listener.accept().await.expect("accept");
             let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
-            let hello: Value = serde_json::from_str(
-                ws.next().await.expect("frame").expect("ok").to_text().expect("text"),
-            )
-            .expect("json");
-            let reply = json!({"rid": hello["cid"], "data": {"id": format!("s{connection}"), "pingTimeout": 0}});
-            ws.send(Message::text(reply.to_string())).await.expect("send");
-            let subscribe: Value = serde_json::from_str(
-                ws.next().await.expect("frame").expect("ok").to_text().expect("text"),
-            )
-            .expect("json");
-            ws.send(Message::text(json!({"rid": subscribe["cid"]}).to_string()))
-                .await
-                .expect("send");
+            let data = json!({"id": format!("s{connection}"), "pingTimeout": 0});
+            answer_the_handshake(&mut ws, data).await;
+            ack_the_subscribe(&mut ws).await;
             if connection == 0 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let alive = json!({"event": "#publish", "data": {"channel": "c", "data": "alive"}});
