@@ -106,6 +106,10 @@ impl Problem {
 /// tokio's channel) for more than exists.
 pub const MAX_QUEUE_SIZE: usize = 1_000_000;
 
+/// The most routed messages `/recent` may keep. Each line holds a copy of
+/// the message; a typo with extra zeros would otherwise grow without end.
+pub const MAX_RECENT_LINES: usize = 100_000;
+
 /// What is wrong with a queue size, if anything.
 pub(crate) fn queue_size_problem(size: usize) -> Option<&'static str> {
     if size == 0 {
@@ -255,7 +259,11 @@ fn validate_http(raw: &raw::RawHttp) -> Result<HttpConfig, Problem> {
     if !listen.ip().is_loopback() {
         tracing::warn!(%listen, "the HTTP listener is reachable from the network; it has no authentication");
     }
-    Ok(HttpConfig { listen, max_lines: raw.max_lines.unwrap_or(100) })
+    let max_lines = raw.max_lines.unwrap_or(100);
+    if max_lines > MAX_RECENT_LINES {
+        return Err(problem("http.max_lines", format!("must be at most {MAX_RECENT_LINES}")));
+    }
+    Ok(HttpConfig { listen, max_lines })
 }
 
 fn ms(value: Option<u64>, default: u64) -> Duration {
@@ -372,6 +380,17 @@ fn sc_url(sc: &RawSocketCluster) -> Result<Url, Problem> {
         if url.host_str().is_none() {
             return Err(problem("socketcluster.url", "has no host"));
         }
+        if !url.username().is_empty() || url.password().is_some() {
+            // The WebSocket client does not turn `user:password@` into an
+            // Authorization header, and the URL is printed in logs.
+            return Err(problem(
+                "socketcluster.url",
+                "must not carry user:password@; put credentials in auth_token, auth_token_file or headers",
+            ));
+        }
+        if url.port() == Some(0) {
+            return Err(problem("socketcluster.url", "port 0 cannot be connected to"));
+        }
         warn_about_path(url.path());
         return Ok(url);
     }
@@ -381,14 +400,38 @@ fn sc_url(sc: &RawSocketCluster) -> Result<Url, Problem> {
     let secure = sc.secure.unwrap_or(true);
     let scheme = if secure { "wss" } else { "ws" };
     let port = sc.port.unwrap_or(if secure { 443 } else { 80 });
+    if port == 0 {
+        return Err(problem("socketcluster.port", "port 0 cannot be connected to"));
+    }
+    if hostname.is_empty()
+        || hostname.contains(['/', ':', '@', '?', '#']) && !is_ipv6_literal(hostname)
+    {
+        return Err(problem(
+            "socketcluster.hostname",
+            format!(
+                "`{hostname}` is not a bare host name; give the scheme with `secure`, the port with `port` and the path with `path`"
+            ),
+        ));
+    }
     let path = sc.path.as_deref().unwrap_or(DEFAULT_SC_PATH);
     if !path.starts_with('/') {
         return Err(problem("socketcluster.path", "must start with '/'"));
     }
     warn_about_path(path);
-    Url::parse(&format!("{scheme}://{hostname}:{port}{path}")).map_err(|err| {
+    let host = if hostname.contains(':') && !hostname.starts_with('[') {
+        format!("[{hostname}]")
+    } else {
+        hostname.to_owned()
+    };
+    Url::parse(&format!("{scheme}://{host}:{port}{path}")).map_err(|err| {
         problem("socketcluster.hostname", format!("does not make a valid URL: {err}"))
     })
+}
+
+/// `::1` or `[::1]`: the one kind of host name that holds a `:`.
+fn is_ipv6_literal(hostname: &str) -> bool {
+    let bare = hostname.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(hostname);
+    bare.parse::<std::net::Ipv6Addr>().is_ok()
 }
 
 fn warn_about_path(path: &str) {
@@ -418,6 +461,48 @@ mod tests {
         assert_eq!(config.socketcluster.url.as_str(), "wss://socket.cables.gl/socketcluster/");
         assert_eq!(config.socketcluster.reconnect.delay, Duration::from_secs(1));
         assert!(config.socketcluster.verify_tls);
+    }
+
+    #[test]
+    fn credentials_in_the_socketcluster_url_are_refused_without_echoing_them() {
+        let (key, line, message) =
+            error_of("[socketcluster]\nurl = \"wss://bob:hunter2@h/socketcluster/\"\n");
+        assert_eq!((key.as_str(), line), ("socketcluster.url", 2));
+        assert!(message.contains("auth_token"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn a_hostname_with_a_scheme_or_path_and_port_zero_are_refused() {
+        for (source, key) in [
+            ("hostname = \"wss://socket.cables.gl\"", "socketcluster.hostname"),
+            ("hostname = \"h/socketcluster/\"", "socketcluster.hostname"),
+            ("hostname = \"\"", "socketcluster.hostname"),
+            ("hostname = \"h\"\nport = 0", "socketcluster.port"),
+            ("url = \"ws://h:0/socketcluster/\"", "socketcluster.url"),
+        ] {
+            let (found, line, _) = error_of(&format!("[socketcluster]\n{source}\n"));
+            assert_eq!((found.as_str(), line >= 2), (key, true), "{source}");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_hostname_is_put_in_brackets() {
+        for hostname in ["::1", "[::1]"] {
+            let source = format!(
+                "[socketcluster]\nhostname = \"{hostname}\"\nport = 8000\nsecure = false\n"
+            );
+            let config = Config::from_toml(&source, "t").expect("valid");
+            assert_eq!(config.socketcluster.url.as_str(), "ws://[::1]:8000/socketcluster/");
+        }
+    }
+
+    #[test]
+    fn http_max_lines_is_bounded() {
+        let (key, line, _) = error_of(
+            "[socketcluster]\nurl = \"ws://h/socketcluster/\"\n[http]\nmax_lines = 100000000\n",
+        );
+        assert_eq!((key.as_str(), line), ("http.max_lines", 4));
     }
 
     #[test]
