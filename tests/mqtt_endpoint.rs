@@ -469,6 +469,28 @@ async fn odd_payloads_are_mapped_or_counted_and_good_messages_still_flow_over_5(
     odd_payloads(MqttProtocol::V5).await;
 }
 
+/// An MQTT 5 broker announces its maximum packet size in the CONNACK, and
+/// rumqttc ends the connection rather than write a larger packet. A message
+/// over the broker's limit is counted and dropped, whether it was queued
+/// before the CONNACK or sent after it, instead of ending the connection and
+/// coming back after every reconnect.
+#[tokio::test]
+async fn a_message_over_the_brokers_announced_maximum_is_counted_and_the_connection_stays_up() {
+    let broker = Mosquitto::start_configured("max_packet_size 1024").await;
+    let bridge = Bridge::start(config(&broker, MqttProtocol::V5, "broker-max"), &[]);
+    bridge.send("out/early-big", Body::Value(json!("e".repeat(2048))), false);
+    bridge.connected().await;
+    let mut watcher = mosquitto::subscribe(broker.port(), "out/#").await;
+
+    bridge.send("out/big", Body::Value(json!("y".repeat(2048))), false);
+    bridge.send("out/small", Body::Value(json!("fits")), false);
+
+    assert_eq!(watcher.next_message(WAIT).await, received("out/small", "fits", false));
+    watcher.expect_nothing(QUIET).await;
+    assert_eq!(bridge.stat(|s| &s.oversized_out), 2);
+    assert_eq!(bridge.stat(|s| &s.connections), 1);
+}
+
 /// Settings for a bridge on `broker`'s TLS listener.
 fn tls_config(broker: &Mosquitto, name: &str) -> MqttConfig {
     let mut config = config(broker, MqttProtocol::V311, name);

@@ -127,6 +127,16 @@ impl Outbox {
         self.trim()
     }
 
+    /// Takes out the queued messages `too_large` picks (those over a limit
+    /// the broker announced after they were queued), keeping the order of
+    /// the rest.
+    pub fn take_where(&mut self, mut too_large: impl FnMut(&Queued) -> bool) -> Vec<Queued> {
+        let (taken, kept): (Vec<Queued>, Vec<Queued>) =
+            std::mem::take(&mut self.queue).into_iter().partition(|m| too_large(m));
+        self.queue = kept.into();
+        taken
+    }
+
     /// True once for each remembered own publish of this topic and payload:
     /// the broker sent it back to us.
     pub fn take_echo(&mut self, topic: &str, payload: &[u8], now: Instant) -> bool {
@@ -264,6 +274,24 @@ mod tests {
         assert!(sent.is_empty());
         assert_eq!(outbox.flush(now, &mut accept_all(&mut sent)), (2, 0));
         assert_eq!(sent, ["first", "second"]);
+    }
+
+    #[test]
+    fn taking_out_the_too_large_keeps_the_rest_in_order() {
+        let now = Instant::now();
+        let mut outbox = Outbox::new(10, false);
+        for p in ["a", "bbbb", "c", "dddd", "e"] {
+            outbox.submit(msg("t", p), now, &mut |m| Err(Some(m)));
+        }
+        let taken = outbox.take_where(|m| m.payload.len() > 1);
+        assert_eq!(
+            taken.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>(),
+            [b"bbbb", b"dddd"]
+        );
+        outbox.connected = true;
+        let mut sent = Vec::new();
+        assert_eq!(outbox.flush(now, &mut accept_all(&mut sent)), (3, 0));
+        assert_eq!(sent, ["a", "c", "e"]);
     }
 
     #[test]

@@ -177,7 +177,11 @@ impl IncomingPublish {
 /// What the endpoint reacts to; everything else is [`Event::Other`].
 pub(crate) enum Event {
     /// The broker accepted the connection (a new one after every loss).
-    ConnAck,
+    /// MQTT 5 brokers may announce the largest packet they take; rumqttc
+    /// ends the connection rather than write a larger one.
+    ConnAck {
+        broker_max_packet: Option<usize>,
+    },
     Publish(IncomingPublish),
     /// The answer to our SUBSCRIBE: the positions of the refused filters.
     SubAck {
@@ -210,7 +214,7 @@ impl Connection {
                     reason: e.to_string(),
                 })?;
                 Ok(match event {
-                    E::Incoming(Packet::ConnAck(_)) => Event::ConnAck,
+                    E::Incoming(Packet::ConnAck(_)) => Event::ConnAck { broker_max_packet: None },
                     E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V311(p)),
                     E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
                         refused: ack
@@ -239,7 +243,12 @@ impl Connection {
                     reason: e.to_string(),
                 })?;
                 Ok(match event {
-                    E::Incoming(Packet::ConnAck(_)) => Event::ConnAck,
+                    E::Incoming(Packet::ConnAck(ack)) => Event::ConnAck {
+                        broker_max_packet: ack
+                            .properties
+                            .and_then(|p| p.max_packet_size)
+                            .map(|max| max as usize),
+                    },
                     E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V5(p)),
                     E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
                         refused: ack

@@ -14,6 +14,7 @@
 //! to drain it.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -131,6 +132,7 @@ pub(crate) fn spawn(
         stats,
         availability: config.availability_topic.clone(),
         max_packet_bytes: config.max_packet_bytes,
+        broker_max_packet: AtomicUsize::new(usize::MAX),
         accepting: std::sync::atomic::AtomicBool::new(true),
         subscriptions: Mutex::new(Subscriptions {
             current: subscriptions,
@@ -164,6 +166,9 @@ pub(crate) struct Shared {
     stats: Arc<MqttStats>,
     availability: Option<String>,
     max_packet_bytes: usize,
+    /// The largest packet the broker said it takes, in its last CONNACK
+    /// (MQTT 5 only; unlimited until then).
+    broker_max_packet: AtomicUsize,
     /// Cleared on shutdown, so nothing is accepted after `offline`.
     accepting: std::sync::atomic::AtomicBool,
     /// Locked after `outbox` where both are needed: the outbox knows
@@ -266,16 +271,8 @@ impl Shared {
         }
         let payload = payload::encode(&out.body, out.format);
         let size = packet_size(&out.topic, &payload);
-        if size > self.max_packet_bytes {
-            if let Some(count) = crate::stats::bump_loggable(&self.stats.oversized_out) {
-                tracing::warn!(
-                    count,
-                    topic = %out.topic,
-                    size,
-                    max = self.max_packet_bytes,
-                    "MQTT message over max_packet_bytes not sent"
-                );
-            }
+        if size > self.outgoing_limit() {
+            self.oversized(&out.topic, size);
             return;
         }
         let message = Queued { topic: out.topic, payload, qos: out.qos, retain: out.retain };
@@ -285,6 +282,35 @@ impl Shared {
             Submitted::Published => crate::stats::bump(&self.stats.messages_out),
             Submitted::Queued { dropped_oldest } => self.overflowed(dropped_oldest),
             Submitted::Lost => self.lost(1),
+        }
+    }
+
+    /// The largest publish that may go out: ours, or the broker's if smaller.
+    fn outgoing_limit(&self) -> usize {
+        self.max_packet_bytes.min(self.broker_max_packet.load(Ordering::Relaxed))
+    }
+
+    /// Counts and names a publish too large to send.
+    fn oversized(&self, topic: &str, size: usize) {
+        if let Some(count) = crate::stats::bump_loggable(&self.stats.oversized_out) {
+            let broker_max = self.broker_max_packet.load(Ordering::Relaxed);
+            if broker_max < self.max_packet_bytes {
+                tracing::warn!(
+                    count,
+                    topic,
+                    size,
+                    broker_max,
+                    "MQTT message over the broker's maximum packet size not sent"
+                );
+            } else {
+                tracing::warn!(
+                    count,
+                    topic,
+                    size,
+                    max = self.max_packet_bytes,
+                    "MQTT message over max_packet_bytes not sent"
+                );
+            }
         }
     }
 
@@ -408,9 +434,9 @@ impl Driver {
                 polled = self.connection.poll() => polled,
             };
             let next = match polled {
-                Ok(Event::ConnAck) => {
+                Ok(Event::ConnAck { broker_max_packet }) => {
                     connected = true;
-                    awaiting_suback = self.on_connack();
+                    awaiting_suback = self.on_connack(broker_max_packet);
                     Next::Continue
                 }
                 Ok(Event::SubAck { refused }) => {
@@ -474,12 +500,20 @@ impl Driver {
 
     /// Renews the session: subscriptions, `online`, then the offline queue,
     /// in that order. Returns whether a SUBACK is awaited.
-    fn on_connack(&mut self) -> bool {
+    fn on_connack(&mut self, broker_max_packet: Option<usize>) -> bool {
         self.backoff.reset();
         crate::stats::bump(&self.shared.stats.connections);
-        tracing::info!(broker = %self.broker, client_id = %self.config.client_id, "MQTT connected");
-        let mut outbox = self.shared.outbox();
+        tracing::info!(broker = %self.broker, client_id = %self.config.client_id, ?broker_max_packet, "MQTT connected");
+        let shared = &self.shared;
+        shared.broker_max_packet.store(broker_max_packet.unwrap_or(usize::MAX), Ordering::Relaxed);
+        let mut outbox = shared.outbox();
         outbox.connected = true;
+        // Queued before this CONNACK said how much the broker takes: a
+        // publish over it would end the connection after every reconnect.
+        let limit = shared.outgoing_limit();
+        for message in outbox.take_where(|m| packet_size(&m.topic, &m.payload) > limit) {
+            shared.oversized(&message.topic, packet_size(&message.topic, &message.payload));
+        }
         if outbox.closing {
             self.shared.close(&mut outbox);
             return false;

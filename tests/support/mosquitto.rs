@@ -66,6 +66,8 @@ pub struct Mosquitto {
     tls_port: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
+    /// Lines added to the generated broker config.
+    extra_config: String,
     /// Counts starts, so each run logs to its own file.
     runs: u32,
 }
@@ -85,7 +87,13 @@ impl Mosquitto {
     ///
     /// If it is not installed or does not come up (with its log).
     pub async fn start() -> Mosquitto {
-        Mosquitto::launch(false).await
+        Mosquitto::launch(false, "").await
+    }
+
+    /// Like [`start`](Self::start), with `lines` added to the broker's
+    /// config (e.g. `max_packet_size 1024`).
+    pub async fn start_configured(lines: &str) -> Mosquitto {
+        Mosquitto::launch(false, lines).await
     }
 
     /// Like [`start`](Self::start), plus a TLS listener on another free port;
@@ -95,17 +103,24 @@ impl Mosquitto {
     ///
     /// Also if the `openssl` command is missing or fails.
     pub async fn start_with_tls() -> Mosquitto {
-        Mosquitto::launch(true).await
+        Mosquitto::launch(true, "").await
     }
 
-    async fn launch(tls: bool) -> Mosquitto {
+    async fn launch(tls: bool, extra_config: &str) -> Mosquitto {
         let binary = binary();
         let dir = std::env::temp_dir().join(unique("scbridge-mosquitto"));
         std::fs::create_dir_all(&dir).expect("create the broker's temporary directory");
         if tls {
             make_certificates(&dir);
         }
-        let mut broker = Mosquitto { port: 0, tls_port: None, dir, child: None, runs: 0 };
+        let mut broker = Mosquitto {
+            port: 0,
+            tls_port: None,
+            dir,
+            child: None,
+            extra_config: extra_config.to_owned(),
+            runs: 0,
+        };
         for _ in 0..5 {
             broker.port = free_port().await;
             if tls {
@@ -177,6 +192,8 @@ impl Mosquitto {
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
             self.port
         );
+        config.push_str(&self.extra_config);
+        config.push('\n');
         if let Some(tls_port) = self.tls_port {
             config.push_str(&format!(
                 "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
