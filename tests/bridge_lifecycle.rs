@@ -125,13 +125,53 @@ delay_ms = 60000
     assert_eq!(get(&routes[0].sent), 0, "it waits for its delay");
 
     running.stop().await;
-    wait_until(|| get(&routes[0].shutdown_dropped) == 1, WAIT, "the delayed value counted").await;
+    assert_eq!(get(&routes[0].shutdown_dropped), 1, "the delayed value is counted");
     assert_eq!(get(&routes[0].sent), 0);
     assert_eq!(
         td.try_next(Duration::from_millis(200)).await,
         None,
         "nothing reached TouchDesigner"
     );
+}
+
+/// Outputs in their `delay_ms` when a reload comes: one whose route and
+/// destination survive it goes out on time through the new OSC endpoint
+/// (here to TouchDesigner's new address) and counts on the new counters;
+/// one whose route the reload removed is dropped and counted as stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_sends_delayed_outputs_of_surviving_routes_through_the_new_links() {
+    let delayed = |name: &str, from: &str| {
+        format!(
+            "[[route]]\nname = \"{name}\"\nfrom = {{ osc = \"{from}\" }}\nto = [{{ osc = \"/out{from}\" }}]\ndelay_ms = 4000\n"
+        )
+    };
+    let both = format!("{}{}", delayed("kept", "/kept"), delayed("removed", "/removed"));
+    let server = ScServer::start(ScServerOptions::new()).await;
+    let td = OscReceiver::bind().await;
+    let moved_td = OscReceiver::bind().await;
+    let running = start(config(&server, &td, "127.0.0.1:0", &both)).await;
+    let stats = running.stats.clone();
+    send_osc(osc_port(&running), "/kept", vec![OscType::Int(1)]).await;
+    send_osc(osc_port(&running), "/removed", vec![OscType::Int(2)]).await;
+    let routes = running.routes();
+    wait_until(
+        || get(&routes[0].matched) == 1 && get(&routes[1].matched) == 1,
+        WAIT,
+        "both routed into their delay",
+    )
+    .await;
+
+    let report =
+        running.reload(config(&server, &moved_td, "127.0.0.1:0", &delayed("kept", "/kept"))).await;
+    assert_eq!(report, ReloadReport { osc_restarted: true, routes: 1, ..ReloadReport::default() });
+    assert_eq!(get(&stats.stale_outputs), 1, "the removed route's output is counted");
+
+    let arrived = moved_td.next(WAIT).await;
+    assert_eq!((arrived.addr.as_str(), arrived.args), ("/out/kept", vec![OscType::Float(1.0)]));
+    assert_eq!(get(&running.routes()[0].sent), 1, "counted on the new table's counters");
+    assert_eq!(moved_td.try_next(Duration::from_millis(200)).await, None);
+    assert_eq!(td.try_next(Duration::from_millis(200)).await, None, "nothing to the old address");
+    running.stop().await;
 }
 
 /// A reload that moves OSC to a port someone else holds, and adds a

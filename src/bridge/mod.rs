@@ -11,6 +11,7 @@
 
 mod coalesce;
 mod control;
+mod delay;
 mod outputs;
 mod router;
 
@@ -440,7 +441,7 @@ pub async fn start(config: Config) -> Result<Running, BridgeError> {
         last_values: HashMap::new(),
         resend_enabled: false,
         coalescer: Coalescer::default(),
-        delayed: Arc::default(),
+        delay_line: delay::DelayLine::new(router::MAX_DELAYED),
         out: Vec::new(),
         skipped: Vec::new(),
         table,

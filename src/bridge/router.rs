@@ -2,7 +2,7 @@
 //! it also carries out control commands and reloads.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::coalesce::{Coalescer, Offer, OutputKey};
 use super::control::parse_control;
+use super::delay::DelayLine;
 use super::outputs::{CablesOut, Outputs};
 use super::{
     Control, Endpoint, ReloadReport, RouteStats, View, mqtt_subscriptions, sc_subscriptions,
@@ -34,8 +35,8 @@ const BATCH: usize = 256;
 const RESEND_MEMORY: usize = 10_000;
 /// Outputs waiting for their route's `delay_ms` at once, over all routes;
 /// beyond this they are dropped and counted, so that a flood into a delayed
-/// route cannot pile up tasks without bound.
-const MAX_DELAYED: usize = 10_000;
+/// route cannot pile up without bound.
+pub(super) const MAX_DELAYED: usize = 10_000;
 
 pub(super) struct Router {
     pub(super) config: Config,
@@ -71,7 +72,7 @@ pub(super) struct Router {
     /// The parent of every endpoint's own stop token (see `start_osc`).
     pub(super) links: CancellationToken,
     /// Outputs waiting for their route's delay.
-    pub(super) delayed: Arc<AtomicUsize>,
+    pub(super) delay_line: DelayLine,
 }
 
 impl Router {
@@ -158,6 +159,11 @@ impl Router {
                         self.dispatch(out);
                     }
                 }
+                _ = sleep_until_or_never(self.delay_line.next_due()) => {
+                    for out in self.delay_line.take_due(tokio::time::Instant::now()) {
+                        self.outputs.send(out);
+                    }
+                }
                 changed = self.link.changed() => {
                     if changed.is_err() {
                         break;
@@ -202,8 +208,7 @@ impl Router {
     /// router before the stop (at most one queue's worth each, so input
     /// that keeps coming cannot hold the stop up) and sends the values
     /// waiting in the coalescer, while every link still runs. Outputs
-    /// waiting for a delay are dropped; each counts itself as it sees the
-    /// stop.
+    /// waiting for a delay are dropped and counted.
     fn drain_at_shutdown(&mut self) {
         let mut routed = 0usize;
         for _ in 0..self.sc_incoming.max_capacity() {
@@ -221,7 +226,13 @@ impl Router {
         for out in waiting {
             self.dispatch(out);
         }
-        let delayed = self.delayed.load(Ordering::Relaxed);
+        let delayed = self.delay_line.len();
+        for out in self.delay_line.drain() {
+            match self.outputs.routes.get(out.route.0) {
+                Some(route) => bump(&route.shutdown_dropped),
+                None => bump(&self.outputs.stats.shutdown_dropped),
+            }
+        }
         if routed + coalesced + delayed > 0 {
             tracing::info!(
                 routed,
@@ -384,8 +395,26 @@ impl Router {
                 table.find(name).map(|new_id| (new_id, on))
             })
             .collect();
+        // Outputs in their delay keep their time if their route and
+        // destination survived the reload unchanged; they then go out
+        // through the new links and count on the new counters.
+        let orphans = self.delay_line.renew(|out| {
+            let Some(name) = old_table.route_by_id(out.route).map(|r| &r.name) else {
+                return false;
+            };
+            let Some(id) = table.find(name) else { return false };
+            let same_destination = table
+                .route_by_id(id)
+                .and_then(|r| r.destinations.get(out.destination))
+                .is_some_and(|d| d.target == out.target);
+            out.route = id;
+            same_destination
+        });
         self.table = table;
         self.outputs.routes = Arc::new(stats);
+        for out in &orphans {
+            self.outputs.stale(out);
+        }
         self.last_values.clear();
         self.adopt(&config);
         self.config = config;
@@ -563,11 +592,12 @@ impl Router {
             }
             return;
         }
-        let stats = &self.outputs.stats;
+        // Owned handles: dispatching below needs `self` mutably.
+        let stats = self.outputs.stats.clone();
         bump(&stats.messages);
         self.out.clear();
         self.skipped.clear();
-        let table = &self.table;
+        let table = self.table.clone();
         let enabled = &self.enabled;
         table.route(
             &message,
@@ -641,30 +671,20 @@ impl Router {
 
     /// Sends an output now, or after its route's `delay_ms` (which counts
     /// from when `max_rate` let the output go, when both are set).
-    fn dispatch(&self, out: Outbound) {
+    fn dispatch(&mut self, out: Outbound) {
         let Some(route) = self.table.route_by_id(out.route) else {
             return self.outputs.stale(&out);
         };
         if route.delay.is_zero() {
             self.outputs.send(out);
-        } else if self.delayed.load(Ordering::Relaxed) >= MAX_DELAYED {
-            let route_stats = &self.outputs.routes[out.route.0];
-            if let Some(count) = crate::stats::bump_loggable(&route_stats.delay_full) {
-                tracing::warn!(route = %route.name, count, limit = MAX_DELAYED, "too many outputs waiting for their delay: dropped one");
-            }
         } else {
-            let outputs = self.outputs.clone();
-            let delay = route.delay;
-            let delayed = self.delayed.clone();
-            let shutdown = self.shutdown.clone();
-            delayed.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => outputs.send(out),
-                    _ = shutdown.cancelled() => bump(&outputs.routes[out.route.0].shutdown_dropped),
+            let due = tokio::time::Instant::now() + route.delay;
+            if let Err(out) = self.delay_line.hold(out, due) {
+                let route_stats = &self.outputs.routes[out.route.0];
+                if let Some(count) = crate::stats::bump_loggable(&route_stats.delay_full) {
+                    tracing::warn!(route = %route.name, count, limit = MAX_DELAYED, "too many outputs waiting for their delay: dropped one");
                 }
-                delayed.fetch_sub(1, Ordering::Relaxed);
-            });
+            }
         }
     }
 
