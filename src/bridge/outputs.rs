@@ -92,8 +92,8 @@ impl EchoFilter {
     }
 }
 
-/// Everything outputs go to; cheap to clone into a delayed send.
-#[derive(Clone)]
+/// Everything outputs go to: the links and the counters of the routing
+/// table in force.
 pub(super) struct Outputs {
     pub(super) sc: ScClient,
     pub(super) cables: Option<Arc<CablesOut>>,
