@@ -29,6 +29,10 @@ pub enum ServiceError {
     Http(#[from] crate::http::HttpError),
     #[error("cannot install a signal handler: {0}")]
     Signal(std::io::Error),
+    #[error(
+        "the router stopped unexpectedly (see the log); exiting so that the service is restarted"
+    )]
+    RouterEnded,
 }
 
 fn notify(states: &[NotifyState<'_>]) {
@@ -84,13 +88,20 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), ServiceErro
         sd_notify::watchdog_enabled().map(|period| period / 2).filter(|half| !half.is_zero());
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut router_ended = false;
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = hangup.recv() => reload(&config_path, &running).await,
+            _ = hangup.recv() => reload(&config_path, &running, http.as_ref()).await,
             _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
             _ = status_tick.tick() => {
+                // A bridge whose router is gone forwards nothing: no more
+                // watchdog pings for it, and an exit that systemd restarts.
+                if running.is_finished() {
+                    router_ended = true;
+                    break;
+                }
                 let now = status_line(&running);
                 if now != status {
                     status = now;
@@ -99,7 +110,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), ServiceErro
             }
         }
     }
-    tracing::info!("shutting down");
+    if router_ended {
+        tracing::error!("the router task ended without a stop; shutting down to be restarted");
+    } else {
+        tracing::info!("shutting down");
+    }
     notify(&[NotifyState::Stopping]);
     http_stop.cancel();
     let sc = running.sc();
@@ -110,18 +125,37 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), ServiceErro
             "shutdown took too long: exiting; what was still queued is lost"
         );
     }
+    if router_ended {
+        return Err(ServiceError::RouterEnded);
+    }
     Ok(())
 }
 
 /// Re-reads the config; an invalid one leaves the running one in place.
-async fn reload(path: &Path, running: &Running) {
+async fn reload(path: &Path, running: &Running, http: Option<&crate::config::HttpConfig>) {
     let mut states = vec![NotifyState::Reloading];
     if let Ok(now) = NotifyState::monotonic_usec_now() {
         states.push(now);
     }
     notify(&states);
-    match Config::load(path) {
+    // Off the runtime thread: validation looks up OSC host names, and a slow
+    // resolver must not hold up the messages flowing meanwhile.
+    let owned = path.to_owned();
+    let loaded = match tokio::task::spawn_blocking(move || Config::load(&owned)).await {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            tracing::error!(error = %err, "reload: reading the config failed; keeping the running config");
+            notify(&[NotifyState::Ready, NotifyState::Status("reload failed")]);
+            return;
+        }
+    };
+    match loaded {
         Ok(config) => {
+            if config.http.as_ref() != http {
+                tracing::warn!(
+                    "reload: [http] changes take effect at the next restart; the listener keeps its settings"
+                );
+            }
             let report = running.reload(config).await;
             tracing::info!(
                 routes = report.routes,

@@ -144,7 +144,8 @@ async fn the_notify_protocol_reports_ready_watchdog_and_stopping() {
 }
 
 /// SIGHUP with a new route: the route works at once, and the SocketCluster
-/// server saw no second connection. SIGHUP with a broken config: the old
+/// server saw no second connection. SIGHUP with a new `[http]` table: the
+/// log says it waits for a restart. SIGHUP with a broken config: the old
 /// routes keep working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_swaps_routes_without_reconnecting_and_refuses_a_broken_config() {
@@ -175,6 +176,18 @@ to = [{ sc_channel = "chan-b" }]
     server.next_line_matching(|l| l == format!("PUBLISH {socket_id} chan-b 2"), WAIT).await;
     assert_eq!(server.count_lines("CONNECTION "), 1, "a route change must not reconnect");
     assert_eq!(daemon.log().matches("OSC listening").count(), 1, "nor rebind OSC");
+    assert!(!daemon.log().contains("[http] changes"), "{}", daemon.log());
+
+    let with_http = format!("{ROUTE_A}{route_b}\n[http]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&config, service_config(&server, &td, &with_http)).expect("rewrite");
+    daemon.signal("HUP").await;
+    notify.wait_for("RELOADING=1", WAIT).await;
+    notify.wait_for("READY=1", WAIT).await;
+    assert!(
+        daemon.log().contains("[http] changes take effect at the next restart"),
+        "an [http] change that a reload cannot apply is said so:\n{}",
+        daemon.log()
+    );
 
     std::fs::write(&config, "[socketcluster]\nurl = 5\n").expect("break the config");
     daemon.signal("HUP").await;

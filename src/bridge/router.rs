@@ -127,6 +127,9 @@ impl Router {
     }
 
     pub(super) async fn run(mut self) {
+        // Cleared however the task ends, a panic included, so that
+        // `/health` and the service see a router that is gone.
+        let _alive = ClearOnDrop(self.alive.clone());
         self.publish_status();
         loop {
             tokio::select! {
@@ -174,7 +177,6 @@ impl Router {
         }
         self.drain_at_shutdown();
         self.stop_links().await;
-        self.alive.store(false, Ordering::Relaxed);
     }
 
     /// After the drain, each link sends what it holds and closes: MQTT its
@@ -770,9 +772,35 @@ impl Router {
     }
 }
 
+/// Clears its flag when dropped, unwinding included.
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
 async fn sleep_until_or_never(due: Option<tokio::time::Instant>) {
     match due {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_alive_flag_is_cleared_when_the_router_panics() {
+        let alive = Arc::new(AtomicBool::new(true));
+        let flag = alive.clone();
+        let unwound = std::panic::catch_unwind(move || {
+            let _alive = ClearOnDrop(flag);
+            panic!("a router bug");
+        });
+        assert!(unwound.is_err());
+        assert!(!alive.load(Ordering::Relaxed));
     }
 }
