@@ -89,7 +89,7 @@ enum Feed {
 /// OSC endpoint, whose tasks run on this thread (a current-thread runtime).
 async fn endpoint(to: SocketAddr, count: u64, feed: Feed) -> f64 {
     let config = OscConfig {
-        targets: vec![OscTarget { name: "rx".into(), address: to, broadcast: false }],
+        targets: vec![OscTarget::new("rx", to)],
         queue_size: 65_536,
         ..OscConfig::default()
     };

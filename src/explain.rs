@@ -33,7 +33,7 @@ fn describe_target(config: &Config, target: &Target) -> String {
         Target::Osc { target, options } => {
             let name = config.osc.as_ref().and_then(|o| o.targets.get(*target));
             let place =
-                name.map_or_else(|| "?".to_owned(), |t| format!("{} ({})", t.name, t.address));
+                name.map_or_else(|| "?".to_owned(), |t| format!("{} ({})", t.name, t.describe()));
             format!("osc to {place}{}", describe_osc_options(options))
         }
         Target::Mqtt { qos, retain, format } => {
@@ -110,7 +110,7 @@ pub fn describe(config: &Config) -> String {
     if let Some(osc) = &config.osc {
         let listen: Vec<String> = osc.listen.iter().map(ToString::to_string).collect();
         let targets: Vec<String> =
-            osc.targets.iter().map(|t| format!("{}={}", t.name, t.address)).collect();
+            osc.targets.iter().map(|t| format!("{}={}", t.name, t.describe())).collect();
         let _ =
             writeln!(out, "osc: listen [{}], targets [{}]", listen.join(", "), targets.join(", "));
     }
@@ -210,7 +210,7 @@ fn describe_output(config: &Config, output: &Outbound) -> String {
                 .osc
                 .as_ref()
                 .and_then(|o| o.targets.get(*target))
-                .map_or_else(|| "?".to_owned(), |t| format!("{} ({})", t.name, t.address));
+                .map_or_else(|| "?".to_owned(), |t| format!("{} ({})", t.name, t.describe()));
             match to_osc(&output.name, &output.body, options) {
                 Ok(messages) => {
                     let lines: Vec<String> = messages

@@ -52,7 +52,7 @@ async fn start_sending_to(targets: &[SocketAddr]) -> Running {
     let targets = targets
         .iter()
         .enumerate()
-        .map(|(index, &address)| OscTarget { name: format!("t{index}"), address, broadcast: false })
+        .map(|(index, &address)| OscTarget::new(format!("t{index}"), address))
         .collect();
     start(OscConfig { targets, ..OscConfig::default() }, 64).await
 }
@@ -364,11 +364,7 @@ async fn a_value_that_cannot_be_mapped_is_counted_and_the_sender_keeps_going() {
 #[tokio::test]
 async fn a_full_send_queue_hands_the_message_back_and_counts_it() {
     let receiver = peer().await;
-    let targets = vec![OscTarget {
-        name: "td".into(),
-        address: receiver.local_addr().unwrap(),
-        broadcast: false,
-    }];
+    let targets = vec![OscTarget::new("td", receiver.local_addr().unwrap())];
     let running = start(OscConfig { targets, queue_size: 1, ..OscConfig::default() }, 1).await;
 
     // No await between the sends: on this single-threaded test runtime the
@@ -416,7 +412,7 @@ async fn start_sending_to_its_own_listener() -> (Running, SocketAddr) {
             .expect("a free port");
         let config = OscConfig {
             listen: vec![listen],
-            targets: vec![OscTarget { name: "self".into(), address: listen, broadcast: false }],
+            targets: vec![OscTarget::new("self", listen)],
             ..OscConfig::default()
         };
         let (tx, inbound) = mpsc::channel(8);
@@ -470,11 +466,7 @@ async fn the_tasks_end_when_shutdown_is_cancelled() {
     let receiver = peer().await;
     let config = OscConfig {
         listen: vec![loopback()],
-        targets: vec![OscTarget {
-            name: "td".into(),
-            address: receiver.local_addr().unwrap(),
-            broadcast: false,
-        }],
+        targets: vec![OscTarget::new("td", receiver.local_addr().unwrap())],
         ..OscConfig::default()
     };
     let running = start(config, 8).await;
@@ -520,4 +512,43 @@ async fn senders_outside_the_allow_list_are_counted_and_ignored() {
     send_packet(&sender, inside.handle.listen_addrs()[0], &message("/x", vec![OscType::Int(1)]))
         .await;
     assert_eq!(next_message(&mut inside).await, Message::value(SourceKind::Osc, "/x", json!(1)));
+}
+
+/// A target given by host name that was not found when the config was read
+/// (TouchDesigner's machine still off at boot): messages to it are dropped
+/// and counted, the endpoint keeps looking, and once the name resolves they
+/// arrive.
+#[tokio::test]
+async fn a_target_host_not_found_at_start_is_looked_up_again_until_it_is() {
+    let receiver = peer().await;
+    let port = receiver.local_addr().unwrap().port();
+    let td = OscTarget {
+        host: Some(format!("localhost:{port}")),
+        ..OscTarget::new("td", SocketAddr::from(([0, 0, 0, 0], port)))
+    };
+    let running = start(OscConfig { targets: vec![td], ..OscConfig::default() }, 8).await;
+    let stats = running.handle.stats();
+
+    running.handle.send(out(0, "/early", json!(1), OscOutOptions::default())).expect("queued");
+    wait_for_count(&stats.unresolved, 1).await;
+
+    let found = timeout(Duration::from_secs(10), async {
+        let mut buf = vec![0u8; 1024];
+        loop {
+            running
+                .handle
+                .send(out(0, "/later", json!(2), OscOutOptions::default()))
+                .expect("queued");
+            if let Ok(Ok((len, _))) =
+                timeout(Duration::from_millis(100), receiver.recv_from(&mut buf)).await
+            {
+                return rosc::decoder::decode_udp(&buf[..len]).expect("valid OSC").1;
+            }
+        }
+    })
+    .await
+    .expect("the name is found within a few retries");
+    assert_eq!(found, message("/later", vec![OscType::Float(2.0)]));
+    assert!(get(&stats.unresolved) >= 1);
+    assert_eq!(get(&stats.send_errors), 0);
 }

@@ -123,10 +123,37 @@ impl Default for OscConfig {
 pub struct OscTarget {
     /// The key under `[osc.targets]`.
     pub name: String,
-    /// Always IPv4: the send socket is bound to `0.0.0.0`.
+    /// Always IPv4: the send socket is bound to `0.0.0.0`. The unspecified
+    /// address (`0.0.0.0`) while a host name has not been found yet.
     pub address: SocketAddr,
     /// The address is a broadcast address, and the send socket may use it.
     pub broadcast: bool,
+    /// The `host:port` as written, when it names a host rather than an IP
+    /// address: the endpoint looks it up again while it runs, so that a
+    /// machine that is off at boot, or moves, is found.
+    pub host: Option<String>,
+}
+
+impl OscTarget {
+    /// A target at a fixed IP address.
+    pub fn new(name: impl Into<String>, address: SocketAddr) -> Self {
+        OscTarget { name: name.into(), address, broadcast: false, host: None }
+    }
+
+    /// False while its host name has not been found.
+    pub fn is_resolved(&self) -> bool {
+        !self.address.ip().is_unspecified()
+    }
+
+    /// Where it sends, for people: `127.0.0.1:7000`, `td.local:7000
+    /// (10.0.0.5:7000)` or `td.local:7000 (not found yet)`.
+    pub fn describe(&self) -> String {
+        match (&self.host, self.is_resolved()) {
+            (None, _) => self.address.to_string(),
+            (Some(host), true) => format!("{host} ({})", self.address),
+            (Some(host), false) => format!("{host} (not found yet)"),
+        }
+    }
 }
 
 impl OscConfig {
@@ -166,7 +193,7 @@ pub fn validate(raw: &RawOsc) -> Result<OscConfig, Problem> {
         if name.is_empty() {
             return Err(Problem::new("osc.targets", "a target name is empty"));
         }
-        let address = resolve_target(text).map_err(|message| Problem::new(&key, message))?;
+        let (address, host) = target_address(name, text).map_err(|m| Problem::new(&key, m))?;
         if !broadcast && looks_like_broadcast(address.ip()) {
             return Err(Problem::new(
                 key,
@@ -177,7 +204,7 @@ pub fn validate(raw: &RawOsc) -> Result<OscConfig, Problem> {
                 ),
             ));
         }
-        config.targets.push(OscTarget { name: name.clone(), address, broadcast });
+        config.targets.push(OscTarget { name: name.clone(), address, broadcast, host });
     }
     if let Some(bytes) = raw.max_packet_bytes {
         if !(16..=MAX_UDP_PAYLOAD).contains(&bytes) {
@@ -225,8 +252,48 @@ fn resolve(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{text:?} resolves to no address"))
 }
 
-fn resolve_target(text: &str) -> Result<SocketAddr, String> {
-    let address = resolve(text)?;
+/// A target's address: an IPv4 address as written, or a host name looked
+/// up now. A name that cannot be looked up yet (the machine is off, the
+/// network not up at boot) is not an error: the endpoint keeps trying, and
+/// the target's address stays unspecified until then.
+fn target_address(name: &str, text: &str) -> Result<(SocketAddr, Option<String>), String> {
+    if let Ok(address) = text.trim().parse::<SocketAddr>() {
+        return check_target(text, address).map(|address| (address, None));
+    }
+    let Some((host, port)) = text.trim().rsplit_once(':') else {
+        return Err(format!("{text:?} is not a host:port address"));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{text:?} is not a host:port address (the port is not a number)"))?;
+    if host.is_empty() {
+        return Err(format!("{text:?} has no host"));
+    }
+    if port == 0 {
+        return Err(format!("{text:?} has port 0, which nothing can be sent to"));
+    }
+    let unresolved = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    let address = match lookup_ipv4(text) {
+        Ok(address) => check_target(text, address)?,
+        Err(why) => {
+            tracing::warn!(osc_target = name, %why, "OSC target not found yet; messages to it are dropped (counted) until it is");
+            unresolved
+        }
+    };
+    Ok((address, Some(text.trim().to_owned())))
+}
+
+/// Looks up `host:port` and takes its first IPv4 address (the send socket is
+/// IPv4). Blocks on the system resolver.
+pub(crate) fn lookup_ipv4(text: &str) -> Result<SocketAddr, String> {
+    let mut candidates =
+        text.to_socket_addrs().map_err(|err| format!("cannot look up {text:?}: {err}"))?;
+    candidates.find(SocketAddr::is_ipv4).ok_or_else(|| {
+        format!("{text:?} has no IPv4 address; OSC targets are sent from an IPv4 socket")
+    })
+}
+
+fn check_target(text: &str, address: SocketAddr) -> Result<SocketAddr, String> {
     if !address.is_ipv4() {
         return Err(format!(
             "{text:?} is an IPv6 address; OSC targets are sent from an IPv4 socket, \
@@ -291,15 +358,10 @@ mod tests {
             config.targets,
             vec![
                 OscTarget {
-                    name: "lan".into(),
-                    address: "192.168.1.255:7001".parse().unwrap(),
-                    broadcast: true
+                    broadcast: true,
+                    ..OscTarget::new("lan", "192.168.1.255:7001".parse().unwrap())
                 },
-                OscTarget {
-                    name: "td".into(),
-                    address: "127.0.0.1:7000".parse().unwrap(),
-                    broadcast: false
-                },
+                OscTarget::new("td", "127.0.0.1:7000".parse().unwrap()),
             ]
         );
         assert_eq!(config.target_index("td"), Some(1));
@@ -339,6 +401,23 @@ mod tests {
     }
 
     #[test]
+    fn a_host_name_is_looked_up_and_kept_for_the_endpoint() {
+        let config = validate(&raw("[targets]\ntd = \"localhost:7000\"\n")).expect("valid");
+        assert_eq!(config.targets[0].host.as_deref(), Some("localhost:7000"));
+        assert!(config.targets[0].is_resolved());
+    }
+
+    #[test]
+    fn a_host_name_not_found_yet_is_accepted_unresolved() {
+        let config =
+            validate(&raw("[targets]\ntd = \"no-such-host.invalid:7000\"\n")).expect("valid");
+        let td = &config.targets[0];
+        assert!(!td.is_resolved());
+        assert_eq!(td.address.port(), 7000);
+        assert_eq!(td.host.as_deref(), Some("no-such-host.invalid:7000"));
+    }
+
+    #[test]
     fn a_bad_target_address_names_the_target() {
         assert_eq!(problem("[targets]\ntd = \"127.0.0.1\"\n").key, "osc.targets.td");
         assert_eq!(
@@ -348,6 +427,9 @@ mod tests {
         assert_eq!(problem("[targets]\ntd = \"127.0.0.1:0\"\n").key, "osc.targets.td");
         assert_eq!(problem("[targets]\ntd = \"0.0.0.0:7000\"\n").key, "osc.targets.td");
         assert_eq!(problem("[targets]\ntd = \"[::1]:7000\"\n").key, "osc.targets.td");
+        assert_eq!(problem("[targets]\ntd = \"td.local\"\n").key, "osc.targets.td");
+        assert_eq!(problem("[targets]\ntd = \"td.local:0\"\n").key, "osc.targets.td");
+        assert_eq!(problem("[targets]\ntd = \":7000\"\n").key, "osc.targets.td");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! listeners cannot feed the bridge its own output.
 
 pub mod config;
+mod lookup;
 pub mod mapping;
 mod packet;
 mod send;
@@ -60,6 +61,8 @@ crate::stats::counters! {
         send_errors,
         /// Outgoing messages dropped because the send queue was full.
         outbound_queue_full,
+        /// Outgoing messages to a target whose host name was not found yet.
+        unresolved,
     }
 }
 
@@ -141,10 +144,15 @@ impl OscEndpoint {
             tasks.spawn(listener.run(shutdown.clone()));
         }
         let (queue, outgoing) = mpsc::channel(config.queue_size.max(1));
+        let (found_tx, found) = mpsc::channel(config.targets.len().max(1));
+        if let Some(named) = lookup::followed(&config.targets) {
+            tasks.spawn(lookup::follow(named, config::lookup_ipv4, found_tx, shutdown.clone()));
+        }
         let sender = Sender {
             socket: send_socket,
             targets: config.targets.clone(),
             outgoing,
+            found,
             stats: Arc::clone(&stats),
         };
         tasks.spawn(sender.run(shutdown));
@@ -389,6 +397,8 @@ struct Sender {
     socket: UdpSocket,
     targets: Vec<OscTarget>,
     outgoing: mpsc::Receiver<OscOut>,
+    /// New addresses of targets given by host name.
+    found: mpsc::Receiver<lookup::Found>,
     stats: Arc<OscStats>,
 }
 
@@ -409,6 +419,12 @@ impl Sender {
                 () = shutdown.cancelled(), if !closing => {
                     self.outgoing.close();
                     closing = true;
+                    continue;
+                }
+                Some((index, address)) = self.found.recv() => {
+                    if let Some(target) = self.targets.get_mut(index) {
+                        target.address = address;
+                    }
                     continue;
                 }
                 taken = self.outgoing.recv_many(&mut turn, SEND_TURN) => taken,
@@ -449,6 +465,15 @@ impl Sender {
             }
             return;
         };
+        if !target.is_resolved() {
+            if let Some(count) = crate::stats::bump_loggable(&self.stats.unresolved) {
+                tracing::warn!(
+                    osc_target = %target.name, host = target.host.as_deref().unwrap_or("?"), count,
+                    "OSC target not found yet; message dropped"
+                );
+            }
+            return;
+        }
         let messages = match to_osc(&out.address, &out.body, &out.options) {
             Ok(messages) => messages,
             Err(err) => {
