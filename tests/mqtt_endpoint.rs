@@ -258,6 +258,35 @@ async fn clean_shutdown(protocol: MqttProtocol) {
     );
 }
 
+async fn persistent_session(protocol: MqttProtocol) {
+    let broker = Mosquitto::start().await;
+    let mut settings = config(&broker, protocol, "persist");
+    settings.clean_session = false;
+    let bridge = Bridge::start(settings.clone(), &["in/#"]);
+    bridge.connected().await;
+    tokio::time::timeout(WAIT, bridge.handle.shutdown()).await.expect("shutdown returns");
+    drop(bridge);
+
+    mosquitto::publish(broker.port(), "in/while-away", "1", 1, false).await;
+    let mut bridge = Bridge::start(settings, &["in/#"]);
+    assert_eq!(bridge.next_inbound().await, mqtt("in/while-away", json!(1)));
+}
+
+/// With `clean_session = false` the broker keeps the session across a
+/// clean stop: a QoS 1 message published while the bridge was away is
+/// delivered when it comes back (MQTT 3.1.1).
+#[tokio::test]
+async fn a_persistent_session_receives_what_was_published_while_away_over_3_1_1() {
+    persistent_session(MqttProtocol::V311).await;
+}
+
+/// The same over MQTT 5, where the session would end at the disconnect
+/// unless the bridge asks for a session expiry.
+#[tokio::test]
+async fn a_persistent_session_receives_what_was_published_while_away_over_5() {
+    persistent_session(MqttProtocol::V5).await;
+}
+
 /// `shutdown()` sends what was already handed over, then a retained
 /// `offline`, then disconnects cleanly (MQTT 3.1.1).
 #[tokio::test]

@@ -13,7 +13,8 @@ use std::time::Duration;
 use url::Url;
 
 use crate::cables::CablesConfig;
-use crate::mqtt::MqttConfig;
+use crate::message::SourceKind;
+use crate::mqtt::{MqttConfig, QoS};
 use crate::osc::OscConfig;
 use crate::route::Route;
 use crate::sc::{AuthToken, Protocol, ReconnectPolicy, ScConfig, config::Secret};
@@ -184,6 +185,9 @@ fn validate(raw: RawConfig) -> Result<Config, Problem> {
     let mqtt = raw.mqtt.as_ref().map(crate::mqtt::config::validate).transpose()?;
     let links = routes::Links { cables: cables.is_some(), osc: osc.as_ref(), mqtt: mqtt.is_some() };
     let routes = routes::validate_routes(&raw.route, &links)?;
+    if let Some(mqtt) = &mqtt {
+        refuse_qos2_in_a_persistent_session(mqtt, &routes)?;
+    }
     let control = validate_control(raw.control.as_ref(), osc.as_ref(), mqtt.as_ref())?;
     let http = raw.http.as_ref().map(validate_http).transpose()?;
     Ok(Config { socketcluster, subscribe, cables, osc, mqtt, routes, control, http })
@@ -249,6 +253,29 @@ fn validate_control(
         }
     };
     Ok(ControlConfig { osc: raw.osc.clone(), mqtt: raw.mqtt.clone(), status_topic, osc_status })
+}
+
+/// The MQTT client forgets its half of QoS 2 deliveries on a reconnect; a
+/// broker that kept the session resends PUBREL for one, the client calls it
+/// unsolicited and drops the connection, and so on after every reconnect.
+fn refuse_qos2_in_a_persistent_session(mqtt: &MqttConfig, routes: &[Route]) -> Result<(), Problem> {
+    if mqtt.clean_session {
+        return Ok(());
+    }
+    let qos2 = routes
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.source.kind == SourceKind::Mqtt && r.source.qos == QoS::ExactlyOnce);
+    match qos2 {
+        Some((index, route)) => Err(problem(
+            format!("route[{index}].from.qos"),
+            format!(
+                "route `{}` subscribes with QoS 2, which cannot survive a reconnect with mqtt.clean_session = false; use qos = 1, or a clean session",
+                route.name
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn validate_http(raw: &raw::RawHttp) -> Result<HttpConfig, Problem> {
@@ -495,6 +522,19 @@ mod tests {
             let config = Config::from_toml(&source, "t").expect("valid");
             assert_eq!(config.socketcluster.url.as_str(), "ws://[::1]:8000/socketcluster/");
         }
+    }
+
+    #[test]
+    fn a_qos_2_subscription_in_a_persistent_mqtt_session_is_refused() {
+        let source = |clean: bool| {
+            format!(
+                "[socketcluster]\nurl = \"ws://h/socketcluster/\"\n[mqtt]\nurl = \"mqtt://h\"\nclean_session = {clean}\n\n[[route]]\nname = \"in\"\nfrom = {{ mqtt = \"a/#\", qos = 2 }}\nto = [{{ sc_channel = \"c\" }}]\n"
+            )
+        };
+        let (key, line, message) = error_of(&source(false));
+        assert_eq!((key.as_str(), line), ("route[0].from.qos", 9));
+        assert!(message.contains("clean_session"), "{message}");
+        assert!(Config::from_toml(&source(true), "t").is_ok());
     }
 
     #[test]

@@ -325,8 +325,6 @@ fn network_options() -> rumqttc::NetworkOptions {
     options
 }
 
-/// Builds the client and its event loop; nothing connects until the event
-/// loop is polled.
 /// Why polling the connection failed.
 #[derive(Debug)]
 pub(crate) struct PollError {
@@ -337,6 +335,8 @@ pub(crate) struct PollError {
     pub oversized_incoming: bool,
 }
 
+/// Builds the client and its event loop; nothing connects until the event
+/// loop is polled.
 pub(crate) fn build(config: &MqttConfig, setup: Setup) -> (Client, Connection) {
     let transport = setup.tls.map(|tls| {
         rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls)))
@@ -379,6 +379,13 @@ pub(crate) fn build(config: &MqttConfig, setup: Setup) -> (Client, Connection) {
                 .set_clean_start(config.clean_session)
                 .set_max_packet_size(Some(limit))
                 .set_request_channel_capacity(setup.capacity);
+            if !config.clean_session {
+                // MQTT 5 ends a session at the disconnect unless told
+                // otherwise; `clean_session = false` asks for what 3.1.1
+                // gives, a session the broker keeps (0xFFFFFFFF: never
+                // expires; the broker may cap it).
+                options.set_session_expiry_interval(Some(u32::MAX));
+            }
             if let Some(username) = &config.username {
                 options.set_credentials(username, password);
             }
