@@ -564,3 +564,98 @@ async fn an_unverifiable_certificate_is_refused_and_retried_unless_verification_
     let insecure = Bridge::start(settings, &[]);
     insecure.connected().await;
 }
+
+/// One MQTT 3.1.1 packet read by the scripted broker: the first header
+/// byte and the rest after the length.
+async fn read_packet(socket: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let first = socket.read_u8().await.ok()?;
+    let (mut length, mut shift) = (0usize, 0);
+    loop {
+        let byte = socket.read_u8().await.ok()?;
+        length |= usize::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    let mut body = vec![0; length];
+    socket.read_exact(&mut body).await.ok()?;
+    Some((first, body))
+}
+
+/// A scripted MQTT 3.1.1 broker, for what a real one cannot be made to do:
+/// the first connection takes a QoS 2 publish, answers PUBREC, and drops
+/// the connection as soon as the PUBREL arrives. The second connection
+/// says it kept the session and reports the packet id of the PUBREL it
+/// gets, which it completes.
+async fn broker_that_drops_after_pubrel(listener: tokio::net::TcpListener) -> (u16, Option<u16>) {
+    use tokio::io::AsyncWriteExt;
+    let (mut first, _) = listener.accept().await.expect("first connection");
+    let mut released = None;
+    while let Some((header, body)) = read_packet(&mut first).await {
+        match header >> 4 {
+            1 => first.write_all(&[0x20, 2, 0, 0]).await.expect("CONNACK"),
+            3 if header & 0x06 == 0x04 => {
+                let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                let id = [body[2 + topic_len], body[3 + topic_len]];
+                first.write_all(&[0x50, 2, id[0], id[1]]).await.expect("PUBREC");
+            }
+            6 => {
+                released = Some(u16::from_be_bytes([body[0], body[1]]));
+                break;
+            }
+            12 => first.write_all(&[0xd0, 0]).await.expect("PINGRESP"),
+            _ => {}
+        }
+    }
+    drop(first);
+    let released = released.expect("a PUBREL on the first connection");
+    let (mut second, _) = listener.accept().await.expect("second connection");
+    let mut again = None;
+    while let Some((header, body)) = read_packet(&mut second).await {
+        match header >> 4 {
+            // Session present.
+            1 => second.write_all(&[0x20, 2, 1, 0]).await.expect("CONNACK"),
+            6 => {
+                again = Some(u16::from_be_bytes([body[0], body[1]]));
+                second.write_all(&[0x70, 2, body[0], body[1]]).await.expect("PUBCOMP");
+                break;
+            }
+            12 => second.write_all(&[0xd0, 0]).await.expect("PINGRESP"),
+            _ => {}
+        }
+    }
+    (released, again)
+}
+
+/// A QoS 2 publish whose PUBREL was sent when the connection broke is
+/// counted as in doubt, and its PUBREL is sent again on the next
+/// connection, where the broker kept the session.
+#[tokio::test]
+async fn a_qos_2_handshake_cut_after_pubrel_is_counted_and_resumed_in_a_kept_session() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let broker = tokio::spawn(broker_that_drops_after_pubrel(listener));
+    let mut settings = MqttConfig::new("127.0.0.1", port)
+        .with_client_id(format!("bridge-qos2-{}", std::process::id()));
+    settings.clean_session = false;
+    settings.availability_topic = None;
+    settings.reconnect_delay = Duration::from_millis(100);
+    let bridge = Bridge::start(settings, &[]);
+    bridge.connected().await;
+    let exactly_once = MqttOut {
+        topic: "out/cue".into(),
+        body: Body::Value(json!("go")),
+        qos: QoS::ExactlyOnce,
+        retain: false,
+        format: PayloadFormat::Auto,
+    };
+    bridge.handle.send(exactly_once).expect("taken");
+
+    let (released, again) =
+        tokio::time::timeout(WAIT, broker).await.expect("the script ran").expect("no panic");
+    assert_eq!(again, Some(released), "the same PUBREL again on the kept session");
+    assert_eq!(bridge.stat(|s| &s.qos2_in_doubt), 1);
+    assert_eq!(bridge.stat(|s| &s.connections), 2);
+}

@@ -64,8 +64,13 @@ crate::stats::counters! {
         offline_queue_overflow,
         /// Outgoing messages that could not be published (invalid topic).
         publish_errors,
-        /// Outgoing packets over `max_packet_bytes`; not sent.
+        /// Outgoing packets over `max_packet_bytes`, or over the maximum an
+        /// MQTT 5 broker announced; not sent.
         oversized_out,
+        /// QoS 2 publishes in their last handshake step (PUBREL sent, no
+        /// PUBCOMP yet) when the connection broke: delivered if the broker
+        /// kept the session, possibly dropped by the broker if not.
+        qos2_in_doubt,
         /// Filters the broker refused, or SUBSCRIBEs that could not be queued.
         subscribe_failures,
         /// Messages still held, or sent but not confirmed, when the endpoint
@@ -280,7 +285,8 @@ mod tests {
         assert!(names.contains(&"own_echoes"));
         assert!(names.contains(&"offline_queue_overflow"));
         assert!(names.contains(&"shutdown_dropped"));
-        assert_eq!(names.len(), 12);
+        assert!(names.contains(&"qos2_in_doubt"));
+        assert_eq!(names.len(), 13);
     }
 
     #[tokio::test]

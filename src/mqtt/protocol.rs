@@ -268,16 +268,47 @@ impl Connection {
     /// Takes the publishes rumqttc set aside when the connection broke
     /// (unacknowledged ones and those still in its request channel). It
     /// would drop them on a reconnect without a stored session, so the
-    /// endpoint queues them again itself. Other requests (subscribes, acks)
-    /// are dropped: the endpoint renews them after every CONNACK.
-    pub fn take_unsent(&mut self) -> Vec<Queued> {
+    /// endpoint queues them again itself.
+    ///
+    /// PUBRELs (QoS 2 publishes the broker has taken, awaiting their last
+    /// step) stay with rumqttc, which sends them again when the broker kept
+    /// the session; their count comes back second, since with a new session
+    /// the broker may have dropped those messages. Other requests
+    /// (subscribes, acks) are dropped: the endpoint renews them after every
+    /// CONNACK.
+    pub fn take_unsent(&mut self) -> (Vec<Queued>, usize) {
+        /// What becomes of one request rumqttc set aside.
+        enum Unsent<R> {
+            Publish(Queued),
+            Release(R),
+            Drop,
+        }
+        fn split<R>(
+            pending: &mut std::collections::VecDeque<R>,
+            sort: impl Fn(R) -> Unsent<R>,
+        ) -> (Vec<Queued>, usize) {
+            let mut publishes = Vec::new();
+            let mut releases = std::collections::VecDeque::new();
+            for request in pending.drain(..) {
+                match sort(request) {
+                    Unsent::Publish(queued) => publishes.push(queued),
+                    Unsent::Release(release) => releases.push_back(release),
+                    Unsent::Drop => {}
+                }
+            }
+            let count = releases.len();
+            *pending = releases;
+            (publishes, count)
+        }
         match self {
-            Connection::V311(eventloop) => {
-                eventloop.pending.drain(..).filter_map(queued_v311).collect()
-            }
-            Connection::V5(eventloop) => {
-                eventloop.pending.drain(..).filter_map(queued_v5).collect()
-            }
+            Connection::V311(eventloop) => split(&mut eventloop.pending, |request| match request {
+                rumqttc::Request::PubRel(_) => Unsent::Release(request),
+                other => queued_v311(other).map_or(Unsent::Drop, Unsent::Publish),
+            }),
+            Connection::V5(eventloop) => split(&mut eventloop.pending, |request| match request {
+                v5::Request::PubRel(_) => Unsent::Release(request),
+                other => queued_v5(other).map_or(Unsent::Drop, Unsent::Publish),
+            }),
         }
     }
 
@@ -289,7 +320,7 @@ impl Connection {
             Connection::V311(eventloop) => eventloop.clean(),
             Connection::V5(eventloop) => eventloop.clean(),
         }
-        self.take_unsent()
+        self.take_unsent().0
     }
 
     /// Replaces the credentials used by the next connection attempt.

@@ -604,7 +604,15 @@ impl Driver {
         let closing = {
             let mut outbox = self.shared.outbox();
             outbox.connected = false;
-            let mut unsent = self.connection.take_unsent();
+            let (mut unsent, releases) = self.connection.take_unsent();
+            if releases > 0 {
+                crate::stats::add(&self.shared.stats.qos2_in_doubt, releases as u64);
+                tracing::warn!(
+                    broker = %self.broker,
+                    count = releases,
+                    "QoS 2 publishes were in their last handshake step when the connection broke; the step is repeated if the broker kept the session, else the broker may have dropped them"
+                );
+            }
             // Availability belongs to the connection it was sent on; the
             // next CONNACK sends a fresh `online`.
             unsent.retain(|m| Some(&m.topic) != self.shared.availability.as_ref());
