@@ -659,3 +659,29 @@ async fn a_qos_2_handshake_cut_after_pubrel_is_counted_and_resumed_in_a_kept_ses
     assert_eq!(bridge.stat(|s| &s.qos2_in_doubt), 1);
     assert_eq!(bridge.stat(|s| &s.connections), 2);
 }
+
+async fn overlapping_filters(protocol: MqttProtocol) {
+    let broker = Mosquitto::start().await;
+    let mut bridge =
+        Bridge::start(config(&broker, protocol, "overlap"), &["in/#", "in/x", "in/+", "in/+/z"]);
+    bridge.connected().await;
+    mosquitto::publish(broker.port(), "in/x", "1", 1, false).await;
+    mosquitto::publish(broker.port(), "in/y/z", "2", 1, false).await;
+    assert_eq!(bridge.next_inbound().await, mqtt("in/x", json!(1)));
+    assert_eq!(bridge.next_inbound().await, mqtt("in/y/z", json!(2)));
+    let more = tokio::time::timeout(QUIET, bridge.inbound.recv()).await;
+    assert!(more.is_err(), "one copy of each, not one per matching filter: {more:?}");
+}
+
+/// Filters that another one covers are not subscribed separately: a broker
+/// that sends one copy per matching subscription still sends one (MQTT 3.1.1).
+#[tokio::test]
+async fn overlapping_filters_deliver_each_message_once_over_3_1_1() {
+    overlapping_filters(MqttProtocol::V311).await;
+}
+
+/// The same over MQTT 5.
+#[tokio::test]
+async fn overlapping_filters_deliver_each_message_once_over_5() {
+    overlapping_filters(MqttProtocol::V5).await;
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use super::Subscription;
 use crate::config::Problem;
 use crate::sc::config::Secret;
 
@@ -182,6 +183,64 @@ pub fn valid_filter(filter: &str) -> bool {
         "#" => index == levels.len() - 1,
         other => !other.contains(['+', '#']),
     })
+}
+
+/// Whether every topic `specific` matches is also matched by `general`.
+/// Shared subscriptions are never taken as covering or covered: their
+/// messages are split between clients, so they are not interchangeable.
+pub fn covers(general: &str, specific: &str) -> bool {
+    if general.starts_with("$share/") || specific.starts_with("$share/") {
+        return false;
+    }
+    let mut general_levels = general.split('/');
+    let mut specific_levels = specific.split('/').peekable();
+    let mut first = true;
+    loop {
+        match (general_levels.next(), specific_levels.peek().copied()) {
+            // `#` also matches the parent level (`a/#` matches `a`); topics
+            // starting with `$` are not matched by a leading wildcard.
+            (Some("#"), level) => return !(first && level.is_some_and(|l| l.starts_with('$'))),
+            (Some(_), None) => return false,
+            (None, next) => return next.is_none(),
+            (Some("+"), Some(level)) => {
+                if level == "#" || (first && level.starts_with('$')) {
+                    return false;
+                }
+            }
+            (Some(literal), Some(level)) => {
+                if literal != level {
+                    return false;
+                }
+            }
+        }
+        specific_levels.next();
+        first = false;
+    }
+}
+
+/// Drops the filters another one covers, the coverer taking the highest
+/// QoS of those it replaces. An MQTT 5 broker (Mosquitto among them) sends
+/// one copy of a message per matching subscription; with no filter inside
+/// another, a message matches one subscription, unless two overlap without
+/// either covering the other (`a/+/c` and `a/b/+`).
+pub fn without_covered(subscriptions: Vec<Subscription>) -> Vec<Subscription> {
+    let mut kept: Vec<Subscription> = Vec::with_capacity(subscriptions.len());
+    for candidate in subscriptions {
+        if let Some(existing) = kept.iter_mut().find(|k| covers(&k.filter, &candidate.filter)) {
+            existing.qos = existing.qos.max(candidate.qos);
+            continue;
+        }
+        let mut qos = candidate.qos;
+        kept.retain(|k| {
+            let covered = covers(&candidate.filter, &k.filter);
+            if covered {
+                qos = qos.max(k.qos);
+            }
+            !covered
+        });
+        kept.push(Subscription { qos, ..candidate });
+    }
+    kept
 }
 
 fn problem(key: &str, message: impl Into<String>) -> Problem {
@@ -387,6 +446,46 @@ fn broker_url(text: &str) -> Result<(String, Option<u16>, Option<bool>), Problem
 
 #[cfg(test)]
 mod tests {
+    use crate::mqtt::QoS;
+
+    #[test]
+    fn a_filter_covers_what_its_wildcards_match() {
+        for (general, specific) in [
+            ("#", "a/b"),
+            ("a/#", "a"),
+            ("a/#", "a/+/c"),
+            ("a/+", "a/b"),
+            ("+/+", "a/+"),
+            ("a/b", "a/b"),
+        ] {
+            assert!(covers(general, specific), "{general} covers {specific}");
+        }
+        for (general, specific) in [
+            ("a/+", "a/#"),
+            ("a/+", "a/b/c"),
+            ("a/b", "a/+"),
+            ("a/+/c", "a/b/+"),
+            ("#", "$SYS/x"),
+            ("+/x", "$SYS/x"),
+            ("#", "$share/g/a"),
+            ("$share/g/#", "a"),
+        ] {
+            assert!(!covers(general, specific), "{general} does not cover {specific}");
+        }
+    }
+
+    #[test]
+    fn covered_filters_are_dropped_and_the_coverer_takes_the_highest_qos() {
+        let sub = |filter: &str, qos| Subscription { filter: filter.into(), qos };
+        let reduced = without_covered(vec![
+            sub("in/x", QoS::ExactlyOnce),
+            sub("other", QoS::AtMostOnce),
+            sub("in/#", QoS::AtMostOnce),
+            sub("in/+", QoS::AtLeastOnce),
+        ]);
+        assert_eq!(reduced, [sub("other", QoS::AtMostOnce), sub("in/#", QoS::ExactlyOnce)]);
+    }
+
     use super::*;
 
     fn raw(url: &str) -> RawMqtt {

@@ -184,6 +184,7 @@ impl MqttEndpoint {
         shutdown: CancellationToken,
     ) -> Result<MqttHandle, MqttError> {
         task::check(&config, &subscriptions)?;
+        let subscriptions = config::without_covered(subscriptions);
         let tls = if config.tls { Some(tls::client_config(&config)?) } else { None };
         let password = task::read_password(&config)?;
         let stats = Arc::new(MqttStats::default());
@@ -235,7 +236,7 @@ impl MqttHandle {
         if let Some(bad) = subscriptions.iter().find(|s| !config::valid_filter(&s.filter)) {
             return Err(MqttError::InvalidFilter(bad.filter.clone()));
         }
-        self.inner.shared.set_subscriptions(subscriptions);
+        self.inner.shared.set_subscriptions(config::without_covered(subscriptions));
         Ok(())
     }
 
