@@ -685,3 +685,26 @@ async fn overlapping_filters_deliver_each_message_once_over_3_1_1() {
 async fn overlapping_filters_deliver_each_message_once_over_5() {
     overlapping_filters(MqttProtocol::V5).await;
 }
+
+/// An MQTT 5 broker says when it refuses a publish (here its ACL does not
+/// let us write the topic): the refusal is counted, and the publishes it
+/// allows still go out.
+#[tokio::test]
+async fn a_publish_the_broker_refuses_over_5_is_counted() {
+    let acl = std::env::temp_dir().join(format!("scbridge-acl-{}", std::process::id()));
+    std::fs::write(&acl, "topic readwrite out/#\n").expect("write the ACL file");
+    let broker = Mosquitto::start_configured(&format!("acl_file {}", acl.display())).await;
+    let mut settings = config(&broker, MqttProtocol::V5, "acl");
+    settings.availability_topic = None;
+    let bridge = Bridge::start(settings, &[]);
+    bridge.connected().await;
+    let mut watcher = mosquitto::subscribe(broker.port(), "out/#").await;
+
+    bridge.send("denied/x", Body::Value(json!("no")), false);
+    bridge.send("out/ok", Body::Value(json!("yes")), false);
+
+    assert_eq!(watcher.next_message(WAIT).await, received("out/ok", "yes", false));
+    bridge.stat_reaches(|s| &s.publish_refused, 1).await;
+    assert_eq!(bridge.stat(|s| &s.connections), 1);
+    let _ = std::fs::remove_file(&acl);
+}

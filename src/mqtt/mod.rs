@@ -67,6 +67,9 @@ crate::stats::counters! {
         /// Outgoing packets over `max_packet_bytes`, or over the maximum an
         /// MQTT 5 broker announced; not sent.
         oversized_out,
+        /// QoS 1 and 2 publishes an MQTT 5 broker refused in its PUBACK or
+        /// PUBREC (not authorized, quota exceeded, ...).
+        publish_refused,
         /// QoS 2 publishes in their last handshake step (PUBREL sent, no
         /// PUBCOMP yet) when the connection broke: delivered if the broker
         /// kept the session, possibly dropped by the broker if not.
@@ -286,8 +289,9 @@ mod tests {
         assert!(names.contains(&"own_echoes"));
         assert!(names.contains(&"offline_queue_overflow"));
         assert!(names.contains(&"shutdown_dropped"));
+        assert!(names.contains(&"publish_refused"));
         assert!(names.contains(&"qos2_in_doubt"));
-        assert_eq!(names.len(), 13);
+        assert_eq!(names.len(), 14);
     }
 
     #[tokio::test]

@@ -187,6 +187,11 @@ pub(crate) enum Event {
     SubAck {
         refused: Vec<usize>,
     },
+    /// An MQTT 5 broker refused one of our publishes in its PUBACK or
+    /// PUBREC (e.g. not authorized, quota exceeded).
+    PublishRefused {
+        reason: String,
+    },
     /// Anything else: acks, pings, outgoing progress.
     Other,
 }
@@ -232,7 +237,7 @@ impl Connection {
             }
             Connection::V5(eventloop) => {
                 use v5::Event as E;
-                use v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
+                use v5::mqttbytes::v5::{Packet, PubAckReason, PubRecReason, SubscribeReasonCode};
                 let event = eventloop.poll().await.map_err(|e| PollError {
                     oversized_incoming: matches!(
                         e,
@@ -250,6 +255,22 @@ impl Connection {
                             .map(|max| max as usize),
                     },
                     E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V5(p)),
+                    E::Incoming(Packet::PubAck(ack))
+                        if !matches!(
+                            ack.reason,
+                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                        ) =>
+                    {
+                        Event::PublishRefused { reason: format!("{:?}", ack.reason) }
+                    }
+                    E::Incoming(Packet::PubRec(rec))
+                        if !matches!(
+                            rec.reason,
+                            PubRecReason::Success | PubRecReason::NoMatchingSubscribers
+                        ) =>
+                    {
+                        Event::PublishRefused { reason: format!("{:?}", rec.reason) }
+                    }
                     E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
                         refused: ack
                             .return_codes

@@ -446,6 +446,13 @@ impl Driver {
                     }
                     Next::Continue
                 }
+                Ok(Event::PublishRefused { reason }) => {
+                    let stats = &self.shared.stats;
+                    if let Some(count) = crate::stats::bump_loggable(&stats.publish_refused) {
+                        tracing::warn!(broker = %self.broker, %reason, count, "the MQTT broker refused a publish");
+                    }
+                    Next::Continue
+                }
                 Ok(Event::Publish(publish)) => {
                     self.on_publish(&publish);
                     Next::Continue
