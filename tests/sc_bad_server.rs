@@ -167,3 +167,43 @@ async fn a_server_that_drops_each_connection_after_the_handshake_meets_the_recon
     assert_eq!(tokio::time::timeout(WAIT, server).await.expect("reconnected").expect("task"), 2);
     client.shutdown().await;
 }
+
+/// A server that completes the handshake and then neither reads nor sends
+/// anything (a stopped process): once the socket's buffers are full the
+/// writes block, and the link still gives up at the ping deadline instead
+/// of hanging in a write for good. What was being written is counted, and
+/// the next connection is tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_reading_is_given_up_at_the_ping_deadline() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("local addr").port();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
+        answer_the_handshake(&mut ws, json!({"id": "stalled", "pingTimeout": 1000})).await;
+        // Held, never read again.
+        let (_second, _) = listener.accept().await.expect("the client tries again");
+        drop(ws);
+    });
+    let mut config =
+        ScConfig::new(Url::parse(&format!("ws://127.0.0.1:{port}/socketcluster/")).expect("url"));
+    config.reconnect.delay = Duration::from_millis(100);
+    let (client, _incoming) = ScClient::start(config);
+    let mut link = client.link_state();
+    tokio::time::timeout(WAIT, link.wait_for(LinkState::is_connected))
+        .await
+        .expect("connected")
+        .expect("alive");
+
+    // Far more than the socket buffers on both ends hold.
+    let big = json!("x".repeat(512 * 1024));
+    for _ in 0..200 {
+        client.publish("c", &big);
+    }
+    tokio::time::timeout(WAIT, link.wait_for(|s| matches!(s, LinkState::Disconnected { .. })))
+        .await
+        .expect("the stalled connection is given up")
+        .expect("the link task runs");
+    tokio::time::timeout(WAIT, server).await.expect("a new attempt").expect("the script ran");
+    assert!(ScStats::get(&client.stats().write_failures) >= 1);
+}

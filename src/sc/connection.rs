@@ -30,6 +30,12 @@ type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const DRAIN_BATCH: usize = 256;
 /// How long a clean close may take before the socket is just dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a shutdown may spend sending the queue to a server that reads
+/// slowly or not at all. A reload that replaces the link waits for this, and
+/// everything the router does waits with it.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
+/// Why a connection whose writes stopped moving was given up.
+const STALLED: &str = "the server stopped reading: a write did not finish in time";
 /// A connection lost to a ping timeout is retried at once only when it had
 /// lasted this long: a real ping timeout comes a ping timeout after the last
 /// sign of life at the earliest, and a server that drops every connection
@@ -337,12 +343,17 @@ impl Connection {
                 }
                 match output {
                     Output::Send(text) => {
-                        if let Err(err) = ws.feed(Message::text(text)).await {
-                            ended =
-                                Some(Step::Lost { reason: describe_ws_error(&err), code: None });
-                            continue;
+                        match tokio::time::timeout_at(deadline, ws.feed(Message::text(text))).await
+                        {
+                            Ok(Ok(())) => ScStats::bump(&self.stats.frames_out),
+                            Ok(Err(err)) => {
+                                ended =
+                                    Some(Step::Lost { reason: describe_ws_error(&err), code: None })
+                            }
+                            Err(_) => {
+                                ended = Some(Step::Lost { reason: STALLED.into(), code: None })
+                            }
                         }
-                        ScStats::bump(&self.stats.frames_out);
                     }
                     Output::Deliver(message) => self.deliver(message),
                     Output::Opened { socket_id, authenticated, ping_timeout: server_timeout } => {
@@ -387,8 +398,11 @@ impl Connection {
                         // Before the handshake the server would take a
                         // publish as a protocol error; the queue is counted
                         // as dropped instead.
+                        // What the server does not take in time stays in the
+                        // queue, and is counted as dropped at the stop.
                         if self.session.is_open() {
-                            self.drain_queue(&mut ws, &mut batch, usize::MAX).await;
+                            let until = Instant::now() + SHUTDOWN_FLUSH;
+                            self.drain_queue(&mut ws, &mut batch, usize::MAX, until).await;
                         }
                         close(&mut ws, 1000, "shutting down").await;
                     }
@@ -397,11 +411,20 @@ impl Connection {
                 }
                 return step;
             }
-            if self.session.is_open() && !self.drain_queue(&mut ws, &mut batch, DRAIN_BATCH).await {
-                return Step::Lost { reason: "write failed".into(), code: None };
+            // A server that stops reading (a stopped process, a wedged
+            // proxy) would block these writes for good, and with them the
+            // commands and the ping deadline: they may take until the
+            // deadline, as a server that does not read our pongs would give
+            // us no longer either.
+            if self.session.is_open()
+                && !self.drain_queue(&mut ws, &mut batch, DRAIN_BATCH, deadline).await
+            {
+                return Step::Lost { reason: "write failed or blocked".into(), code: None };
             }
-            if let Err(err) = ws.flush().await {
-                return Step::Lost { reason: describe_ws_error(&err), code: None };
+            match tokio::time::timeout_at(deadline, ws.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => return Step::Lost { reason: describe_ws_error(&err), code: None },
+                Err(_) => return Step::Lost { reason: STALLED.into(), code: None },
             }
             if let Some(state) = opened.take() {
                 self.state.send_replace(state);
@@ -409,18 +432,24 @@ impl Connection {
         }
     }
 
-    /// Sends up to `max` queued packets; false when the socket failed.
+    /// Sends up to `max` queued packets, writing until `until` at the
+    /// latest; false when the socket failed or the time ran out. Then the
+    /// packet being written, and those written since the last flush, count
+    /// as `write_failures` (what reached the server is unknown), and the
+    /// rest go back to the front of the queue.
     async fn drain_queue(
         &mut self,
         ws: &mut WsStream,
         batch: &mut Vec<Outgoing>,
         max: usize,
+        until: Instant,
     ) -> bool {
         self.queue.take(max, batch);
         let more = !batch.is_empty() && self.queue.len() > 0;
+        // Taken from the end, so that what is not written stays in `batch`.
+        batch.reverse();
         let mut fed = 0u64;
-        let mut items = batch.drain(..);
-        while let Some(item) = items.next() {
+        while let Some(item) = batch.pop() {
             if let Some((cid, reply)) = item.reply {
                 // Its caller's ack timeout passed while it waited in the
                 // queue (counted there): the server must not act on an
@@ -431,18 +460,25 @@ impl Connection {
                 }
                 self.session.track_invoke(cid, reply);
             }
-            if ws.feed(Message::text(item.text)).await.is_err() {
-                // The packet the socket refused is lost, and so may be those
-                // fed before it in this write (an invoke among them fails to
-                // its caller with the connection); the rest of the batch goes
+            let failure =
+                match tokio::time::timeout_at(until, ws.feed(Message::text(item.text))).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(err)) => Some(describe_ws_error(&err)),
+                    Err(_) => Some(STALLED.to_owned()),
+                };
+            if let Some(error) = failure {
+                // The packet being written is lost, and so may be those fed
+                // before it in this write (an invoke among them fails to its
+                // caller with the connection); the rest of the batch goes
                 // back to the front of the queue for the reconnect.
                 crate::stats::add(&self.stats.write_failures, fed + 1);
                 tracing::warn!(
                     packets = fed + 1,
-                    requeued = items.len(),
+                    requeued = batch.len(),
+                    %error,
                     "a SocketCluster write failed: the packets of this write may be lost, the rest requeued"
                 );
-                self.queue.give_back(items, &self.stats);
+                self.queue.give_back(batch.drain(..).rev(), &self.stats);
                 return false;
             }
             fed += 1;
@@ -454,12 +490,14 @@ impl Connection {
         // tungstenite buffers what is fed and writes it here, so this is
         // where a broken socket shows for small frames. What part of the
         // batch reached the server is unknown: all of it counts as lost.
-        if let Err(err) = ws.flush().await {
-            crate::stats::add(&self.stats.write_failures, fed);
-            tracing::warn!(packets = fed, error = %describe_ws_error(&err), "a SocketCluster write failed: the packets of this write may be lost");
-            return false;
-        }
-        true
+        let error = match tokio::time::timeout_at(until, ws.flush()).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(err)) => describe_ws_error(&err),
+            Err(_) => STALLED.to_owned(),
+        };
+        crate::stats::add(&self.stats.write_failures, fed);
+        tracing::warn!(packets = fed, %error, "a SocketCluster write failed: the packets of this write may be lost");
+        false
     }
 
     fn on_ws_message(
