@@ -237,13 +237,20 @@ fn split<'a>(
         if !address.ends_with('/') {
             address.push('/');
         }
-        if key.is_empty() {
-            // An empty key would make `//`, which OSC 1.1 reads as a wildcard.
-            address.push('_');
-        } else {
-            address.extend(
-                key.chars().map(|c| if FORBIDDEN_IN_ADDRESS.contains(&c) { '_' } else { c }),
-            );
+        // A key may hold levels of its own (`"/fader1"`, `"a/b"`): slashes
+        // at its ends are separators, and an empty level becomes `_`, since
+        // `//` is a wildcard in OSC 1.1.
+        for (index, level) in key.trim_matches('/').split('/').enumerate() {
+            if index > 0 {
+                address.push('/');
+            }
+            if level.is_empty() {
+                address.push('_');
+            } else {
+                address.extend(
+                    level.chars().map(|c| if FORBIDDEN_IN_ADDRESS.contains(&c) { '_' } else { c }),
+                );
+            }
         }
         match value {
             Value::Object(inner) => split(Cow::Owned(address), inner, out),
@@ -617,6 +624,15 @@ mod tests {
         let addresses: Vec<String> =
             out("/o/", value, &OscOutOptions::default()).into_iter().map(|m| m.addr).collect();
         assert_eq!(addresses, vec!["/o/_", "/o/a/b", "/o/my_key_1_______"]);
+    }
+
+    #[test]
+    fn slashes_at_the_ends_of_a_key_separate_and_an_empty_level_becomes_an_underscore() {
+        let value = json!({"/fader1": 1, "x/": 2, "a//b": 3, "/": 4});
+        let addresses: Vec<String> =
+            out("/td", value, &OscOutOptions::default()).into_iter().map(|m| m.addr).collect();
+        assert_eq!(addresses, vec!["/td/_", "/td/fader1", "/td/a/_/b", "/td/x"]);
+        assert!(addresses.iter().all(|a| !a.contains("//")));
     }
 
     #[test]
