@@ -708,3 +708,51 @@ async fn a_publish_the_broker_refuses_over_5_is_counted() {
     assert_eq!(bridge.stat(|s| &s.connections), 1);
     let _ = std::fs::remove_file(&acl);
 }
+
+/// Takes over the MQTT 3.1.1 session of `client_id` on the broker (which
+/// disconnects the client holding it), keeping the session, and leaves.
+async fn take_over_session(port: u16, client_id: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x00, 0, 60];
+    body.extend_from_slice(&u16::try_from(client_id.len()).expect("short id").to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut connect = vec![0x10, u8::try_from(body.len()).expect("short packet")];
+    connect.extend(body);
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    socket.write_all(&connect).await.expect("CONNECT");
+    let mut connack = [0u8; 4];
+    socket.read_exact(&mut connack).await.expect("CONNACK");
+    assert_eq!((connack[0], connack[3]), (0x20, 0), "the broker accepted the takeover");
+    socket.write_all(&[0xe0, 0]).await.expect("DISCONNECT");
+}
+
+/// With `clean_session = false`, a filter dropped while the connection was
+/// down is still in the session the broker kept: it is unsubscribed after
+/// the reconnect, so its messages stop coming.
+#[tokio::test]
+async fn a_filter_dropped_while_disconnected_is_unsubscribed_from_the_kept_session() {
+    let broker = Mosquitto::start().await;
+    let gate = support::faults::TcpGate::start(broker.port()).await;
+    let id = format!("bridge-stale-{}", std::process::id());
+    let mut settings = MqttConfig::new("127.0.0.1", gate.port()).with_client_id(id.clone());
+    settings.clean_session = false;
+    settings.availability_topic = None;
+    settings.reconnect_delay = Duration::from_millis(100);
+    settings.reconnect_max_delay = Duration::from_millis(200);
+    let mut bridge = Bridge::start(settings, &["in/#"]);
+    bridge.connected().await;
+
+    gate.close();
+    take_over_session(broker.port(), &id).await;
+    bridge.disconnected().await;
+    let other = Subscription { filter: "other/#".into(), qos: QoS::AtLeastOnce };
+    bridge.handle.set_subscriptions(vec![other]).expect("valid filters");
+    gate.open();
+    bridge.connected().await;
+
+    mosquitto::publish(broker.port(), "in/x", "1", 1, false).await;
+    mosquitto::publish(broker.port(), "other/y", "2", 1, false).await;
+    assert_eq!(bridge.next_inbound().await, mqtt("other/y", json!(2)));
+    let more = tokio::time::timeout(QUIET, bridge.inbound.recv()).await;
+    assert!(more.is_err(), "nothing from the dropped filter: {more:?}");
+}

@@ -137,6 +137,7 @@ pub(crate) fn spawn(
         subscriptions: Mutex::new(Subscriptions {
             current: subscriptions,
             subacks: VecDeque::new(),
+            dropped_while_down: Vec::new(),
         }),
     });
     tokio::spawn(close_when_asked(shared.clone(), tokens.clone()));
@@ -182,6 +183,10 @@ pub(crate) struct Shared {
 struct Subscriptions {
     current: Vec<Subscription>,
     subacks: VecDeque<Vec<String>>,
+    /// Filters dropped while disconnected: a broker that kept the session
+    /// (`clean_session = false`) still has them, so the next CONNACK
+    /// unsubscribes them.
+    dropped_while_down: Vec<String>,
 }
 
 impl Shared {
@@ -201,6 +206,14 @@ impl Shared {
     fn subscribe_all(&self) -> Option<bool> {
         let mut subscriptions = self.subscriptions();
         subscriptions.subacks.clear();
+        let stale = std::mem::take(&mut subscriptions.dropped_while_down);
+        if !stale.is_empty() && !self.client.try_unsubscribe(&stale) {
+            crate::stats::bump(&self.stats.subscribe_failures);
+            tracing::warn!(
+                ?stale,
+                "MQTT UNSUBSCRIBE of filters dropped while disconnected could not be queued"
+            );
+        }
         if subscriptions.current.is_empty() {
             return None;
         }
@@ -246,6 +259,15 @@ impl Shared {
                 removed = removed.len(),
                 "MQTT subscriptions changed on the live connection"
             );
+        } else {
+            let Subscriptions { current, dropped_while_down, .. } = &mut *subscriptions;
+            for old in current.iter() {
+                let kept = wanted.iter().any(|new| new.filter == old.filter);
+                if !kept && !dropped_while_down.contains(&old.filter) {
+                    dropped_while_down.push(old.filter.clone());
+                }
+            }
+            dropped_while_down.retain(|filter| !wanted.iter().any(|new| &new.filter == filter));
         }
         subscriptions.current = wanted;
     }
