@@ -93,7 +93,12 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), ServiceErro
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = hangup.recv() => reload(&config_path, &running, http.as_ref()).await,
+            _ = hangup.recv() => {
+                reload(&config_path, &running, http.as_ref()).await;
+                // The reload's own STATUS= replaced the link line: the
+                // next tick sends it again.
+                status.clear();
+            }
             _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
             _ = status_tick.tick() => {
                 // A bridge whose router is gone forwards nothing: no more

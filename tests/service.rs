@@ -157,7 +157,10 @@ async fn sighup_swaps_routes_without_reconnecting_and_refuses_a_broken_config() 
     std::fs::write(&config, service_config(&server, &td, ROUTE_A)).expect("write config");
     let mut daemon =
         Daemon::start(&config, &[("NOTIFY_SOCKET", notify.path().to_str().expect("utf-8"))]);
-    notify.wait_for("READY=1", WAIT).await;
+    let ready = notify.wait_for("READY=1", WAIT).await;
+    if !ready.contains("STATUS=socketcluster: connected") {
+        notify.wait_for_prefix("STATUS=socketcluster: connected", WAIT).await;
+    }
     let socket_id = server.next_socket_id(WAIT).await;
     let osc_addr = daemon.listening("OSC listening", WAIT).await;
 
@@ -193,6 +196,8 @@ to = [{ sc_channel = "chan-b" }]
     daemon.signal("HUP").await;
     let refused = notify.wait_for("READY=1", WAIT).await;
     assert!(refused.contains("STATUS=reload refused"), "{refused}");
+    // Then the link line again, not the reload's outcome for good.
+    notify.wait_for_prefix("STATUS=socketcluster: connected", WAIT).await;
     send_osc(osc_addr, "/a", vec![OscType::Int(1)]).await;
     server.next_line_matching(|l| l == format!("PUBLISH {socket_id} chan-a 1"), WAIT).await;
     assert!(daemon.log().contains("reload refused"), "{}", daemon.log());

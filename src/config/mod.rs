@@ -369,6 +369,19 @@ fn validate_sc(sc: &RawSocketCluster) -> Result<ScConfig, Problem> {
     }
     config.verify_tls = sc.verify_tls.unwrap_or(true);
     config.ca_file = sc.ca_file.as_ref().map(PathBuf::from);
+    if sc.ca_file.as_deref() == Some("") {
+        return Err(problem("socketcluster.ca_file", "must not be empty"));
+    }
+    let plain = config.url.scheme() == "ws";
+    if plain && (config.ca_file.is_some() || sc.verify_tls.is_some()) {
+        tracing::warn!(
+            url = %config.display_url(),
+            "socketcluster.ca_file and verify_tls apply to wss:// only; this link is not encrypted"
+        );
+    }
+    if sc.auth_token_file.as_deref() == Some("") {
+        return Err(problem("socketcluster.auth_token_file", "must not be empty"));
+    }
     config.auth = match (&sc.auth_token, &sc.auth_token_file) {
         (Some(_), Some(_)) => {
             return Err(problem(
@@ -535,6 +548,16 @@ mod tests {
         assert_eq!((key.as_str(), line), ("route[0].from.qos", 9));
         assert!(message.contains("clean_session"), "{message}");
         assert!(Config::from_toml(&source(true), "t").is_ok());
+    }
+
+    #[test]
+    fn empty_file_names_are_refused() {
+        for key in ["auth_token_file", "ca_file"] {
+            let (found, line, _) = error_of(&format!(
+                "[socketcluster]\nurl = \"wss://h/socketcluster/\"\n{key} = \"\"\n"
+            ));
+            assert_eq!((found, line), (format!("socketcluster.{key}"), 3));
+        }
     }
 
     #[test]

@@ -98,11 +98,20 @@ impl NotifySocket {
 
     /// Waits for a datagram with this line (e.g. `READY=1`); returns it.
     pub async fn wait_for(&self, line: &str, limit: Duration) -> String {
+        self.wait_for_line(|l| l == line, limit).await
+    }
+
+    /// Waits for a datagram with a line that starts with `prefix`.
+    pub async fn wait_for_prefix(&self, prefix: &str, limit: Duration) -> String {
+        self.wait_for_line(|l| l.starts_with(prefix), limit).await
+    }
+
+    async fn wait_for_line(&self, wanted: impl Fn(&str) -> bool, limit: Duration) -> String {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let message = self.next(left).await;
-            if message.lines().any(|l| l == line) {
+            if message.lines().any(&wanted) {
                 return message;
             }
         }
