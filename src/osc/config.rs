@@ -269,6 +269,11 @@ fn target_address(name: &str, text: &str) -> Result<(SocketAddr, Option<String>)
     if host.is_empty() {
         return Err(format!("{text:?} has no host"));
     }
+    if host.contains([':', '/', ' ', '[', ']']) {
+        return Err(format!(
+            "{text:?} is not an IPv4 address or host name with a port (OSC targets are IPv4)"
+        ));
+    }
     if port == 0 {
         return Err(format!("{text:?} has port 0, which nothing can be sent to"));
     }
@@ -430,6 +435,8 @@ mod tests {
         assert_eq!(problem("[targets]\ntd = \"td.local\"\n").key, "osc.targets.td");
         assert_eq!(problem("[targets]\ntd = \"td.local:0\"\n").key, "osc.targets.td");
         assert_eq!(problem("[targets]\ntd = \":7000\"\n").key, "osc.targets.td");
+        assert_eq!(problem("[targets]\ntd = \"::1:7000\"\n").key, "osc.targets.td");
+        assert_eq!(problem("[targets]\ntd = \"http://td:7000\"\n").key, "osc.targets.td");
     }
 
     #[test]
