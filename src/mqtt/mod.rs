@@ -232,9 +232,10 @@ impl MqttHandle {
         self.inner.shared.accept(out)
     }
 
-    /// Replaces the subscriptions on the live connection: UNSUBSCRIBE for
-    /// filters no longer wanted, SUBSCRIBE for new ones (or a new QoS), no
-    /// reconnect. They are renewed after every CONNACK as before.
+    /// Replaces the subscriptions on the live connection: SUBSCRIBE for new
+    /// filters (or a new QoS), then UNSUBSCRIBE for those no longer wanted,
+    /// no reconnect. Filters another one covers are left out (see
+    /// [`config::without_covered`]). They are renewed after every CONNACK.
     pub fn set_subscriptions(&self, subscriptions: Vec<Subscription>) -> Result<(), MqttError> {
         if let Some(bad) = subscriptions.iter().find(|s| !config::valid_filter(&s.filter)) {
             return Err(MqttError::InvalidFilter(bad.filter.clone()));

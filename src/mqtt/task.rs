@@ -206,8 +206,11 @@ impl Shared {
     fn subscribe_all(&self) -> Option<bool> {
         let mut subscriptions = self.subscriptions();
         subscriptions.subacks.clear();
-        let stale = std::mem::take(&mut subscriptions.dropped_while_down);
-        if !stale.is_empty() && !self.client.try_unsubscribe(&stale) {
+        // Kept until a SUBACK shows the broker has read past the
+        // UNSUBSCRIBE (it answers in order): a connection that breaks
+        // before that sends it again next time.
+        let stale = &subscriptions.dropped_while_down;
+        if !stale.is_empty() && !self.client.try_unsubscribe(stale) {
             crate::stats::bump(&self.stats.subscribe_failures);
             tracing::warn!(
                 ?stale,
@@ -215,6 +218,9 @@ impl Shared {
             );
         }
         if subscriptions.current.is_empty() {
+            // No SUBACK will come to confirm it: sent once is the best
+            // there is.
+            subscriptions.dropped_while_down.clear();
             return None;
         }
         let queued = self.client.try_subscribe(&subscriptions.current);
@@ -226,8 +232,8 @@ impl Shared {
     }
 
     /// Replaces the subscriptions. On a live connection only the
-    /// difference goes out, on the caller's task: UNSUBSCRIBE, then
-    /// SUBSCRIBE. Otherwise the next CONNACK subscribes them all.
+    /// difference goes out, on the caller's task: SUBSCRIBE, then
+    /// UNSUBSCRIBE. Otherwise the next CONNACK subscribes them all.
     pub(crate) fn set_subscriptions(&self, wanted: Vec<Subscription>) {
         let outbox = self.outbox();
         let mut subscriptions = self.subscriptions();
@@ -240,10 +246,8 @@ impl Shared {
                 .collect();
             let added: Vec<Subscription> =
                 wanted.iter().filter(|new| !current.contains(new)).cloned().collect();
-            if !removed.is_empty() && !self.client.try_unsubscribe(&removed) {
-                crate::stats::bump(&self.stats.subscribe_failures);
-                tracing::warn!(?removed, "MQTT UNSUBSCRIBE could not be queued");
-            }
+            // SUBSCRIBE first: when `a/#` gives way to `a/b`, the broker
+            // must never be without a filter for `a/b`.
             if !added.is_empty() {
                 if self.client.try_subscribe(&added) {
                     subscriptions
@@ -253,6 +257,10 @@ impl Shared {
                     crate::stats::bump(&self.stats.subscribe_failures);
                     tracing::warn!("MQTT SUBSCRIBE could not be queued");
                 }
+            }
+            if !removed.is_empty() && !self.client.try_unsubscribe(&removed) {
+                crate::stats::bump(&self.stats.subscribe_failures);
+                tracing::warn!(?removed, "MQTT UNSUBSCRIBE could not be queued");
             }
             tracing::info!(
                 added = added.len(),
@@ -569,7 +577,11 @@ impl Driver {
     /// Names and counts the filters the broker refused in the oldest
     /// SUBSCRIBE still awaiting its SUBACK.
     fn on_suback(&mut self, refused: &[usize]) {
-        let filters = self.shared.subscriptions().subacks.pop_front().unwrap_or_default();
+        let filters = {
+            let mut subscriptions = self.shared.subscriptions();
+            subscriptions.dropped_while_down.clear();
+            subscriptions.subacks.pop_front().unwrap_or_default()
+        };
         for &index in refused {
             crate::stats::bump(&self.shared.stats.subscribe_failures);
             let filter = filters.get(index).map_or("?", String::as_str);
@@ -634,7 +646,9 @@ impl Driver {
             let mut outbox = self.shared.outbox();
             outbox.connected = false;
             let (mut unsent, releases) = self.connection.take_unsent();
-            if releases > 0 {
+            // Counted when the connection they were sent on breaks; a failed
+            // attempt after it finds the same PUBRELs still waiting.
+            if releases > 0 && was_connected {
                 crate::stats::add(&self.shared.stats.qos2_in_doubt, releases as u64);
                 tracing::warn!(
                     broker = %self.broker,
