@@ -304,6 +304,13 @@ impl Router {
         // that the next reload tries the new settings again. A link that is
         // configured but not running (both starts failed) is started again.
         if config.osc != self.config.osc || (config.osc.is_some() && self.osc.is_none()) {
+            if let (Some(new), Some(old)) = (&mut config.osc, &self.config.osc) {
+                for target in &mut new.targets {
+                    if let Some(earlier) = old.targets.iter().find(|t| t.name == target.name) {
+                        target.keep_address_of(earlier);
+                    }
+                }
+            }
             if let Some(old) = self.osc.take() {
                 old.stop.cancel();
                 old.handle.stopped().await;

@@ -118,8 +118,10 @@ impl Default for OscConfig {
     }
 }
 
-/// One destination of OSC messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One destination of OSC messages. Two targets given by the same host
+/// name are equal whatever addresses their lookups found: a reload must not
+/// restart the endpoint because DNS answered differently.
+#[derive(Debug, Clone, Eq)]
 pub struct OscTarget {
     /// The key under `[osc.targets]`.
     pub name: String,
@@ -134,6 +136,15 @@ pub struct OscTarget {
     pub host: Option<String>,
 }
 
+impl PartialEq for OscTarget {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.broadcast == other.broadcast
+            && self.host == other.host
+            && (self.host.is_some() || self.address == other.address)
+    }
+}
+
 impl OscTarget {
     /// A target at a fixed IP address.
     pub fn new(name: impl Into<String>, address: SocketAddr) -> Self {
@@ -143,6 +154,14 @@ impl OscTarget {
     /// False while its host name has not been found.
     pub fn is_resolved(&self) -> bool {
         !self.address.ip().is_unspecified()
+    }
+
+    /// Keeps `earlier`'s address when this target names the same host but
+    /// its own lookup found nothing (the resolver down during a reload).
+    pub fn keep_address_of(&mut self, earlier: &OscTarget) {
+        if !self.is_resolved() && earlier.is_resolved() && self.host == earlier.host {
+            self.address = earlier.address;
+        }
     }
 
     /// Where it sends, for people: `127.0.0.1:7000`, `td.local:7000
@@ -420,6 +439,22 @@ mod tests {
         assert!(!td.is_resolved());
         assert_eq!(td.address.port(), 7000);
         assert_eq!(td.host.as_deref(), Some("no-such-host.invalid:7000"));
+    }
+
+    #[test]
+    fn targets_by_the_same_host_name_are_equal_whatever_their_lookup_found() {
+        let named = |address: &str| OscTarget {
+            host: Some("td.local:7000".into()),
+            ..OscTarget::new("td", address.parse().expect("an address"))
+        };
+        assert_eq!(named("10.0.0.5:7000"), named("10.0.0.6:7000"));
+        assert_ne!(
+            OscTarget::new("td", "10.0.0.5:7000".parse().expect("an address")),
+            OscTarget::new("td", "10.0.0.6:7000".parse().expect("an address"))
+        );
+        let mut not_found = named("0.0.0.0:7000");
+        not_found.keep_address_of(&named("10.0.0.5:7000"));
+        assert_eq!(not_found.address, "10.0.0.5:7000".parse().expect("an address"));
     }
 
     #[test]
