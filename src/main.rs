@@ -106,7 +106,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match runtime.block_on(scbridge::service::run(cli.config.clone(), config)) {
+            let outcome = runtime.block_on(scbridge::service::run(cli.config.clone(), config));
+            // A host-name lookup for an OSC target may still be running in
+            // the blocking pool; the exit does not wait out the resolver.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            match outcome {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("scbridge: {err}");
