@@ -142,7 +142,7 @@ delay_ms = 60000
 async fn a_reload_sends_delayed_outputs_of_surviving_routes_through_the_new_links() {
     let delayed = |name: &str, from: &str| {
         format!(
-            "[[route]]\nname = \"{name}\"\nfrom = {{ osc = \"{from}\" }}\nto = [{{ osc = \"/out{from}\" }}]\ndelay_ms = 4000\n"
+            "[[route]]\nname = \"{name}\"\nfrom = {{ osc = \"{from}\" }}\nto = [{{ osc = \"/out{from}\" }}]\ndelay_ms = 8000\n"
         )
     };
     let both = format!("{}{}", delayed("kept", "/kept"), delayed("removed", "/removed"));
@@ -166,7 +166,9 @@ async fn a_reload_sends_delayed_outputs_of_surviving_routes_through_the_new_link
     assert_eq!(report, ReloadReport { osc_restarted: true, routes: 1, ..ReloadReport::default() });
     assert_eq!(get(&stats.stale_outputs), 1, "the removed route's output is counted");
 
-    let arrived = moved_td.next(WAIT).await;
+    // The delay is long enough for a slow machine to start, route and
+    // reload well before it ends.
+    let arrived = moved_td.next(WAIT * 2).await;
     assert_eq!((arrived.addr.as_str(), arrived.args), ("/out/kept", vec![OscType::Float(1.0)]));
     assert_eq!(get(&running.routes()[0].sent), 1, "counted on the new table's counters");
     assert_eq!(moved_td.try_next(Duration::from_millis(200)).await, None);
