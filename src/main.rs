@@ -1,7 +1,8 @@
 //! The `scbridge` binary: command line, logging, config, exit codes.
 //!
 //! Exit codes: 0 clean shutdown or valid config; 1 the service could not
-//! start (a local port or file); 2 invalid config or usage.
+//! start (a local port or file) or its router task ended unexpectedly;
+//! 2 invalid config or usage.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
