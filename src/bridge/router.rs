@@ -601,12 +601,11 @@ impl Router {
             }
             return;
         }
-        // Owned handles: dispatching below needs `self` mutably.
-        let stats = self.outputs.stats.clone();
+        let stats = &self.outputs.stats;
         bump(&stats.messages);
         self.out.clear();
         self.skipped.clear();
-        let table = self.table.clone();
+        let table = &self.table;
         let enabled = &self.enabled;
         table.route(
             &message,
@@ -662,16 +661,18 @@ impl Router {
             if let Some(interval) = route.min_interval {
                 let now = tokio::time::Instant::now();
                 match self.coalescer.offer(out, interval, now) {
-                    Offer::SendNow(out) => self.dispatch(out),
+                    Offer::SendNow(out) => {
+                        send_or_hold(table, &self.outputs, &mut self.delay_line, out);
+                    }
                     Offer::SendNowReplacing(out) => {
                         bump(&self.outputs.routes[route_index].coalesced);
-                        self.dispatch(out);
+                        send_or_hold(table, &self.outputs, &mut self.delay_line, out);
                     }
                     Offer::Waiting => {}
                     Offer::Replaced => bump(&self.outputs.routes[route_index].coalesced),
                 }
             } else {
-                self.dispatch(out);
+                send_or_hold(table, &self.outputs, &mut self.delay_line, out);
             }
         }
         // Handed back empty, so its allocation serves the next message.
@@ -681,20 +682,7 @@ impl Router {
     /// Sends an output now, or after its route's `delay_ms` (which counts
     /// from when `max_rate` let the output go, when both are set).
     fn dispatch(&mut self, out: Outbound) {
-        let Some(route) = self.table.route_by_id(out.route) else {
-            return self.outputs.stale(&out);
-        };
-        if route.delay.is_zero() {
-            self.outputs.send(out);
-        } else {
-            let due = tokio::time::Instant::now() + route.delay;
-            if let Err(out) = self.delay_line.hold(out, due) {
-                let route_stats = &self.outputs.routes[out.route.0];
-                if let Some(count) = crate::stats::bump_loggable(&route_stats.delay_full) {
-                    tracing::warn!(route = %route.name, count, limit = MAX_DELAYED, "too many outputs waiting for their delay: dropped one");
-                }
-            }
-        }
+        send_or_hold(&self.table, &self.outputs, &mut self.delay_line, out);
     }
 
     /// A link command found the link's command queue full: a flood of
@@ -775,6 +763,30 @@ impl Router {
                 }
             }
             Control::Reload(..) => tracing::warn!("a reload can only come from the service"),
+        }
+    }
+}
+
+/// [`Router::dispatch`] on the fields it needs, so that `route` can call it
+/// while it borrows the table.
+fn send_or_hold(
+    table: &RoutingTable,
+    outputs: &Outputs,
+    delay_line: &mut DelayLine,
+    out: Outbound,
+) {
+    let Some(route) = table.route_by_id(out.route) else {
+        return outputs.stale(&out);
+    };
+    if route.delay.is_zero() {
+        outputs.send(out);
+    } else {
+        let due = tokio::time::Instant::now() + route.delay;
+        if let Err(out) = delay_line.hold(out, due) {
+            let route_stats = &outputs.routes[out.route.0];
+            if let Some(count) = crate::stats::bump_loggable(&route_stats.delay_full) {
+                tracing::warn!(route = %route.name, count, limit = MAX_DELAYED, "too many outputs waiting for their delay: dropped one");
+            }
         }
     }
 }
