@@ -717,6 +717,52 @@ async fn a_publish_the_broker_refuses_over_5_is_counted() {
     let _ = std::fs::remove_file(&acl);
 }
 
+/// rumqttc keeps the in-flight slot of a QoS 2 publish the broker refused
+/// in its PUBREC; with Mosquitto's window of 20, the 20th refusal would
+/// stop every publish on the connection. The endpoint reconnects before
+/// that, without a last will, and the allowed publishes keep going out.
+#[tokio::test]
+async fn refused_qos_2_publishes_do_not_stall_the_connection() {
+    let acl = std::env::temp_dir().join(format!("scbridge-acl-qos2-{}", std::process::id()));
+    std::fs::write(&acl, "topic readwrite out/#\ntopic readwrite status/#\n")
+        .expect("write the ACL file");
+    let broker = Mosquitto::start_configured(&format!("acl_file {}", acl.display())).await;
+    let mut settings = config(&broker, MqttProtocol::V5, "acl-qos2");
+    settings.availability_topic = Some("status/acl-qos2".into());
+    let bridge = Bridge::start(settings, &[]);
+    bridge.connected().await;
+    let mut allowed = mosquitto::subscribe(broker.port(), "out/#").await;
+    let mut availability = mosquitto::subscribe(broker.port(), "status/#").await;
+
+    for round in 0..3 {
+        for n in 0..25 {
+            let refused = MqttOut {
+                topic: format!("denied/{n}"),
+                body: Body::Value(json!(n)),
+                qos: QoS::ExactlyOnce,
+                retain: false,
+                format: PayloadFormat::Auto,
+            };
+            bridge.handle.send(refused).expect("taken");
+        }
+        bridge.send("out/ok", Body::Value(json!(round)), false);
+        assert_eq!(
+            allowed.next_message(WAIT).await,
+            received("out/ok", &round.to_string(), false),
+            "round {round}"
+        );
+    }
+    bridge.stat_reaches(|s| &s.publish_refused, 75).await;
+    let renewals = bridge.stat(|s| &s.window_renewals);
+    assert!(renewals >= 3, "one renewal per 20 refusals at least: {renewals}");
+    assert_eq!(bridge.stat(|s| &s.connections), renewals + 1);
+    while let Some(status) = availability.next_within(QUIET).await {
+        assert_eq!(status.payload, b"online", "no last will on the way: {status:?}");
+    }
+    allowed.expect_nothing(QUIET).await;
+    let _ = std::fs::remove_file(&acl);
+}
+
 /// Takes over the MQTT 3.1.1 session of `client_id` on the broker (which
 /// disconnects the client holding it), keeping the session, and leaves.
 async fn take_over_session(port: u16, client_id: &str) {

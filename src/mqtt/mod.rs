@@ -74,6 +74,10 @@ crate::stats::counters! {
         /// PUBCOMP yet) when the connection broke: delivered if the broker
         /// kept the session, possibly dropped by the broker if not.
         qos2_in_doubt,
+        /// Connections ended on purpose because refused QoS 2 publishes
+        /// held the whole in-flight window, which rumqttc frees only on a
+        /// new connection.
+        window_renewals,
         /// Filters the broker refused, or SUBSCRIBEs that could not be queued.
         subscribe_failures,
         /// Messages still held, or sent but not confirmed, when the endpoint
@@ -292,7 +296,8 @@ mod tests {
         assert!(names.contains(&"shutdown_dropped"));
         assert!(names.contains(&"publish_refused"));
         assert!(names.contains(&"qos2_in_doubt"));
-        assert_eq!(names.len(), 14);
+        assert!(names.contains(&"window_renewals"));
+        assert_eq!(names.len(), 15);
     }
 
     #[tokio::test]

@@ -181,6 +181,9 @@ pub(crate) enum Event {
     /// ends the connection rather than write a larger one.
     ConnAck {
         broker_max_packet: Option<usize>,
+        /// How many QoS 1 and 2 publishes may await their acks at once (the
+        /// MQTT 5 Receive Maximum; unbounded over 3.1.1).
+        window: u16,
     },
     Publish(IncomingPublish),
     /// The answer to our SUBSCRIBE: the positions of the refused filters.
@@ -191,6 +194,10 @@ pub(crate) enum Event {
     /// PUBREC (e.g. not authorized, quota exceeded).
     PublishRefused {
         reason: String,
+        /// Refused in a PUBREC: rumqttc 0.25 frees the message but not its
+        /// place in the in-flight window, which stays taken until the
+        /// connection ends.
+        holds_window_slot: bool,
     },
     /// Anything else: acks, pings, outgoing progress.
     Other,
@@ -219,7 +226,9 @@ impl Connection {
                     reason: e.to_string(),
                 })?;
                 Ok(match event {
-                    E::Incoming(Packet::ConnAck(_)) => Event::ConnAck { broker_max_packet: None },
+                    E::Incoming(Packet::ConnAck(_)) => {
+                        Event::ConnAck { broker_max_packet: None, window: u16::MAX }
+                    }
                     E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V311(p)),
                     E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
                         refused: ack
@@ -248,12 +257,15 @@ impl Connection {
                     reason: e.to_string(),
                 })?;
                 Ok(match event {
-                    E::Incoming(Packet::ConnAck(ack)) => Event::ConnAck {
-                        broker_max_packet: ack
-                            .properties
-                            .and_then(|p| p.max_packet_size)
-                            .map(|max| max as usize),
-                    },
+                    E::Incoming(Packet::ConnAck(ack)) => {
+                        let properties = ack.properties.as_ref();
+                        Event::ConnAck {
+                            broker_max_packet: properties
+                                .and_then(|p| p.max_packet_size)
+                                .map(|max| max as usize),
+                            window: properties.and_then(|p| p.receive_max).unwrap_or(u16::MAX),
+                        }
+                    }
                     E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V5(p)),
                     E::Incoming(Packet::PubAck(ack))
                         if !matches!(
@@ -261,7 +273,10 @@ impl Connection {
                             PubAckReason::Success | PubAckReason::NoMatchingSubscribers
                         ) =>
                     {
-                        Event::PublishRefused { reason: format!("{:?}", ack.reason) }
+                        Event::PublishRefused {
+                            reason: format!("{:?}", ack.reason),
+                            holds_window_slot: false,
+                        }
                     }
                     E::Incoming(Packet::PubRec(rec))
                         if !matches!(
@@ -269,7 +284,10 @@ impl Connection {
                             PubRecReason::Success | PubRecReason::NoMatchingSubscribers
                         ) =>
                     {
-                        Event::PublishRefused { reason: format!("{:?}", rec.reason) }
+                        Event::PublishRefused {
+                            reason: format!("{:?}", rec.reason),
+                            holds_window_slot: true,
+                        }
                     }
                     E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
                         refused: ack
@@ -342,6 +360,18 @@ impl Connection {
             Connection::V5(eventloop) => eventloop.clean(),
         }
         self.take_unsent().0
+    }
+
+    /// Puts a DISCONNECT ahead of everything rumqttc has not written yet.
+    /// Its list of pending requests goes out first, whatever the in-flight
+    /// window; its request channel waits while the window is full.
+    pub fn disconnect_next(&mut self) {
+        match self {
+            Connection::V311(eventloop) => {
+                eventloop.pending.push_front(rumqttc::Request::Disconnect(rumqttc::Disconnect));
+            }
+            Connection::V5(eventloop) => eventloop.pending.push_front(v5::Request::Disconnect),
+        }
     }
 
     /// Replaces the credentials used by the next connection attempt.

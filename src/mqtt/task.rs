@@ -155,6 +155,7 @@ pub(crate) fn spawn(
         broker: format!("{}:{}", config.host, config.port),
         config,
         tokens,
+        window: Window::new(u16::MAX),
     };
     tokio::spawn(driver.run());
     shared
@@ -437,6 +438,57 @@ struct Driver {
     broker: String,
     config: MqttConfig,
     tokens: Tokens,
+    window: Window,
+}
+
+/// rumqttc's in-flight window on the current connection, as far as refused
+/// QoS 2 publishes have used it up.
+///
+/// rumqttc 0.25 keeps the slot of a QoS 2 publish the broker refused in its
+/// PUBREC (an ACL, a quota) until the connection ends, and writes nothing
+/// from its request channel while every slot is taken: with Mosquitto's
+/// window of 20, twenty refusals would silence the connection for good.
+/// When the refusals hold the whole window, no other publish is in flight
+/// and the channel stands still. The driver then puts a DISCONNECT ahead of
+/// it (a clean one: no last will), takes back what the channel held when
+/// the broker closes, and reconnects at once with an empty window.
+struct Window {
+    size: u16,
+    held: u16,
+    renewal: Renewal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    None,
+    /// Our DISCONNECT is on its way; the broker's close ends the connection.
+    Disconnecting,
+    /// The connection ended for the renewal; the next attempt is at once.
+    Reconnecting,
+}
+
+impl Window {
+    fn new(size: u16) -> Self {
+        Window { size: size.max(1), held: 0, renewal: Renewal::None }
+    }
+
+    /// One more slot held; whether the connection must now be renewed.
+    fn slot_held(&mut self) -> bool {
+        self.held = self.held.saturating_add(1);
+        if self.held >= self.size && self.renewal == Renewal::None {
+            self.renewal = Renewal::Disconnecting;
+            return true;
+        }
+        false
+    }
+
+    /// At the end of a connection: whether it was ended for the renewal,
+    /// which then reconnects at once.
+    fn connection_ended(&mut self) -> bool {
+        let renewing = self.renewal == Renewal::Disconnecting;
+        self.renewal = if renewing { Renewal::Reconnecting } else { Renewal::None };
+        renewing
+    }
 }
 
 /// What the driver does after one step.
@@ -460,13 +512,18 @@ impl Driver {
             let polled = tokio::select! {
                 biased;
                 _ = self.tokens.stop.cancelled() => break,
-                _ = self.tokens.drained.cancelled(), if !connected => break,
+                // A renewal under way when closing began reconnects, so that
+                // the close can send `offline` and what is still queued.
+                _ = self.tokens.drained.cancelled(),
+                    if !connected && self.window.renewal != Renewal::Reconnecting => break,
                 polled = self.connection.poll() => polled,
             };
             let next = match polled {
-                Ok(Event::ConnAck { broker_max_packet }) => {
+                Ok(Event::ConnAck { broker_max_packet, window }) => {
                     connected = true;
-                    awaiting_suback = self.on_connack(broker_max_packet);
+                    let renewed = self.window.renewal == Renewal::Reconnecting;
+                    self.window = Window::new(window);
+                    awaiting_suback = self.on_connack(broker_max_packet, renewed);
                     Next::Continue
                 }
                 Ok(Event::SubAck { refused }) => {
@@ -476,10 +533,13 @@ impl Driver {
                     }
                     Next::Continue
                 }
-                Ok(Event::PublishRefused { reason }) => {
+                Ok(Event::PublishRefused { reason, holds_window_slot }) => {
                     let stats = &self.shared.stats;
                     if let Some(count) = crate::stats::bump_loggable(&stats.publish_refused) {
                         tracing::warn!(broker = %self.broker, %reason, count, "the MQTT broker refused a publish");
+                    }
+                    if holds_window_slot && self.window.slot_held() {
+                        self.renew_connection();
                     }
                     Next::Continue
                 }
@@ -537,10 +597,15 @@ impl Driver {
 
     /// Renews the session: subscriptions, `online`, then the offline queue,
     /// in that order. Returns whether a SUBACK is awaited.
-    fn on_connack(&mut self, broker_max_packet: Option<usize>) -> bool {
+    fn on_connack(&mut self, broker_max_packet: Option<usize>, renewed: bool) -> bool {
         self.backoff.reset();
         crate::stats::bump(&self.shared.stats.connections);
-        tracing::info!(broker = %self.broker, client_id = %self.config.client_id, ?broker_max_packet, "MQTT connected");
+        if renewed {
+            // Said once with the renewal's warning.
+            tracing::debug!(broker = %self.broker, "MQTT connected again with an empty in-flight window");
+        } else {
+            tracing::info!(broker = %self.broker, client_id = %self.config.client_id, ?broker_max_packet, "MQTT connected");
+        }
         let shared = &self.shared;
         shared.broker_max_packet.store(broker_max_packet.unwrap_or(usize::MAX), Ordering::Relaxed);
         let mut outbox = shared.outbox();
@@ -572,6 +637,19 @@ impl Driver {
             self.link.send_replace(MqttLinkState::Connected);
         }
         awaiting_suback
+    }
+
+    /// Ends the connection cleanly so that the next one frees the window
+    /// (see [`Window`]).
+    fn renew_connection(&mut self) {
+        let (held, size) = (self.window.held, self.window.size);
+        if let Some(count) = crate::stats::bump_loggable(&self.shared.stats.window_renewals) {
+            tracing::warn!(broker = %self.broker, held, size, count, "refused QoS 2 publishes hold the whole MQTT in-flight window, which rumqttc frees only with a new connection: reconnecting");
+        }
+        // New messages wait in the offline queue for the next connection
+        // rather than in rumqttc's channel behind the DISCONNECT.
+        self.shared.outbox().connected = false;
+        self.connection.disconnect_next();
     }
 
     /// Names and counts the filters the broker refused in the oldest
@@ -642,9 +720,15 @@ impl Driver {
     /// After a failed attempt or a lost connection: takes back what rumqttc
     /// had not delivered, then waits before the next attempt.
     async fn on_error(&mut self, reason: String, was_connected: bool) -> Next {
+        let renewing = self.window.connection_ended();
         let closing = {
             let mut outbox = self.shared.outbox();
             outbox.connected = false;
+            if renewing {
+                // A close begun on the dropped connection is done again on
+                // the next one.
+                outbox.close_sent = false;
+            }
             let (mut unsent, releases) = self.connection.take_unsent();
             // Counted when the connection they were sent on breaks; a failed
             // attempt after it finds the same PUBRELs still waiting.
@@ -663,6 +747,11 @@ impl Driver {
             self.shared.overflowed(dropped);
             outbox.closing
         };
+        if renewing {
+            tracing::debug!(broker = %self.broker, %reason, "MQTT connection ended to free the in-flight window; reconnecting at once");
+            self.link.send_replace(MqttLinkState::Connecting);
+            return Next::Continue;
+        }
         if closing || self.tokens.drained.is_cancelled() {
             return Next::Stop;
         }
@@ -709,6 +798,33 @@ mod tests {
     #[test]
     fn the_packet_estimate_covers_the_headers() {
         assert_eq!(packet_size("a/b", b"12345"), 3 + 5 + PUBLISH_OVERHEAD);
+    }
+
+    #[test]
+    fn the_window_is_renewed_once_when_refusals_hold_all_of_it() {
+        let mut window = Window::new(3);
+        assert!(!window.slot_held());
+        assert!(!window.slot_held());
+        assert!(window.slot_held(), "the third of three");
+        assert!(!window.slot_held(), "a renewal is already under way");
+        assert_eq!(window.renewal, Renewal::Disconnecting);
+    }
+
+    #[test]
+    fn only_the_connection_ended_for_a_renewal_reconnects_at_once() {
+        let mut window = Window::new(1);
+        assert!(!window.connection_ended(), "an ordinary loss waits as usual");
+        assert!(window.slot_held());
+        assert!(window.connection_ended());
+        assert_eq!(window.renewal, Renewal::Reconnecting);
+        assert!(!window.connection_ended(), "a failed immediate attempt backs off");
+        assert_eq!(window.renewal, Renewal::None);
+    }
+
+    #[test]
+    fn a_broker_announcing_an_empty_window_still_gets_one_slot() {
+        let mut window = Window::new(0);
+        assert!(window.slot_held());
     }
 
     #[test]

@@ -387,6 +387,11 @@ impl TestSubscriber {
         }
     }
 
+    /// The next message, or `None` when none arrives within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Received> {
+        timeout(wait, self.received.recv()).await.ok().flatten()
+    }
+
     /// Asserts that nothing arrives for `quiet`.
     pub async fn expect_nothing(&mut self, quiet: Duration) {
         if let Ok(Some(message)) = timeout(quiet, self.received.recv()).await {
