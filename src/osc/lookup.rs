@@ -21,7 +21,7 @@ pub(super) const REFRESH: Duration = Duration::from_secs(60);
 pub(super) type Found = (usize, SocketAddr);
 
 /// One looked-up target.
-struct Followed {
+pub(super) struct Followed {
     index: usize,
     name: String,
     host: String,
@@ -33,12 +33,21 @@ struct Followed {
 }
 
 /// The targets that name a host, or `None` when every target is an IP address.
-pub(super) fn followed(targets: &[OscTarget]) -> Option<Vec<(usize, OscTarget)>> {
+pub(super) fn followed(targets: &[OscTarget]) -> Option<Vec<Followed>> {
+    let now = tokio::time::Instant::now();
     let named: Vec<_> = targets
         .iter()
         .enumerate()
-        .filter(|(_, target)| target.host.is_some())
-        .map(|(index, target)| (index, target.clone()))
+        .filter_map(|(index, target)| {
+            Some(Followed {
+                index,
+                host: target.host.clone()?,
+                name: target.name.clone(),
+                address: target.address,
+                failing: false,
+                next: now + wait_after(target.address),
+            })
+        })
         .collect();
     (!named.is_empty()).then_some(named)
 }
@@ -47,27 +56,13 @@ pub(super) fn followed(targets: &[OscTarget]) -> Option<Vec<(usize, OscTarget)>>
 /// `found`. `lookup` blocks (the system resolver), so it runs on tokio's
 /// blocking pool.
 pub(super) async fn follow<L>(
-    targets: Vec<(usize, OscTarget)>,
+    mut followed: Vec<Followed>,
     lookup: L,
     found: mpsc::Sender<Found>,
     shutdown: CancellationToken,
 ) where
     L: Fn(&str) -> Result<SocketAddr, String> + Clone + Send + 'static,
 {
-    let start = tokio::time::Instant::now();
-    let mut followed: Vec<Followed> = targets
-        .into_iter()
-        .filter_map(|(index, target)| {
-            Some(Followed {
-                index,
-                host: target.host.clone()?,
-                name: target.name,
-                address: target.address,
-                failing: false,
-                next: start + wait_after(target.address),
-            })
-        })
-        .collect();
     loop {
         let Some(next) = followed.iter().map(|f| f.next).min() else { return };
         tokio::select! {
@@ -149,7 +144,7 @@ mod tests {
         assert!(followed(std::slice::from_ref(&fixed)).is_none());
         let both = [fixed, named("td.local:7000", "0.0.0.0:7000")];
         let picked = followed(&both).expect("one is followed");
-        assert_eq!(picked.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1]);
+        assert_eq!(picked.iter().map(|f| f.index).collect::<Vec<_>>(), [1]);
     }
 
     /// Not found twice, then found: the address is reported once; a later
@@ -173,15 +168,17 @@ mod tests {
         };
         let (found_tx, mut found) = mpsc::channel(4);
         let stop = CancellationToken::new();
+        let fixed = OscTarget::new("fixed", "127.0.0.1:7000".parse().expect("an address"));
+        let targets = [fixed, named("td.local:7000", "0.0.0.0:7000")];
         let task = tokio::spawn(follow(
-            vec![(3, named("td.local:7000", "0.0.0.0:7000"))],
+            followed(&targets).expect("one is followed"),
             lookup,
             found_tx,
             stop.clone(),
         ));
-        assert_eq!(found.recv().await, Some((3, "10.0.0.5:7000".parse().expect("an address"))));
+        assert_eq!(found.recv().await, Some((1, "10.0.0.5:7000".parse().expect("an address"))));
         assert_eq!(calls.load(Ordering::SeqCst), 3, "tried every RETRY_UNRESOLVED until found");
-        assert_eq!(found.recv().await, Some((3, "10.0.0.6:7000".parse().expect("an address"))));
+        assert_eq!(found.recv().await, Some((1, "10.0.0.6:7000".parse().expect("an address"))));
         assert_eq!(calls.load(Ordering::SeqCst), 5, "the failure in between changed nothing");
         stop.cancel();
         task.await.expect("the task ends");
