@@ -763,6 +763,53 @@ async fn refused_qos_2_publishes_do_not_stall_the_connection() {
     let _ = std::fs::remove_file(&acl);
 }
 
+/// A shutdown asked for while refused QoS 2 publishes fill the window: the
+/// `offline` and DISCONNECT of the close wait behind them in rumqttc, so
+/// the connection is renewed and the close done again on the new one.
+#[tokio::test]
+async fn a_shutdown_behind_refused_qos_2_publishes_still_sends_everything_then_offline() {
+    let acl = std::env::temp_dir().join(format!("scbridge-acl-bye-{}", std::process::id()));
+    std::fs::write(&acl, "topic readwrite out/#\ntopic readwrite status/#\n")
+        .expect("write the ACL file");
+    let broker = Mosquitto::start_configured(&format!("acl_file {}", acl.display())).await;
+    let mut settings = config(&broker, MqttProtocol::V5, "acl-bye");
+    settings.availability_topic = Some("status/acl-bye".into());
+    let bridge = Bridge::start(settings, &[]);
+    bridge.connected().await;
+    let mut watcher = mosquitto::subscribe(broker.port(), "#").await;
+    assert_eq!(watcher.next_message(WAIT).await, received("status/acl-bye", "online", true));
+
+    for n in 0..25 {
+        let refused = MqttOut {
+            topic: format!("denied/{n}"),
+            body: Body::Value(json!(n)),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            format: PayloadFormat::Auto,
+        };
+        bridge.handle.send(refused).expect("taken");
+    }
+    bridge.send("out/last", Body::Value(json!("bye")), false);
+    tokio::time::timeout(WAIT, bridge.handle.shutdown())
+        .await
+        .expect("shutdown returns instead of hanging");
+
+    let mut seen = Vec::new();
+    while let Some(message) = watcher.next_within(QUIET).await {
+        seen.push((message.topic, String::from_utf8_lossy(&message.payload).into_owned()));
+    }
+    assert!(seen.contains(&("out/last".into(), "bye".into())), "sent before the stop: {seen:?}");
+    assert_eq!(
+        seen.last(),
+        Some(&("status/acl-bye".into(), "offline".into())),
+        "offline is the last word: {seen:?}"
+    );
+    assert!(!seen.iter().any(|(_, payload)| payload == "online"), "never online again: {seen:?}");
+    assert_eq!(bridge.stat(|s| &s.shutdown_dropped), 0);
+    assert!(bridge.stat(|s| &s.window_renewals) >= 1);
+    let _ = std::fs::remove_file(&acl);
+}
+
 /// Takes over the MQTT 3.1.1 session of `client_id` on the broker (which
 /// disconnects the client holding it), keeping the session, and leaves.
 async fn take_over_session(port: u16, client_id: &str) {

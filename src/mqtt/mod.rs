@@ -68,7 +68,8 @@ crate::stats::counters! {
         /// MQTT 5 broker announced; not sent.
         oversized_out,
         /// QoS 1 and 2 publishes an MQTT 5 broker refused in its PUBACK or
-        /// PUBREC (not authorized, quota exceeded, ...).
+        /// PUBREC (not authorized, quota exceeded, ...), or whose PUBCOMP
+        /// reported a failure.
         publish_refused,
         /// QoS 2 publishes in their last handshake step (PUBREL sent, no
         /// PUBCOMP yet) when the connection broke: delivered if the broker

@@ -181,9 +181,10 @@ pub(crate) enum Event {
     /// ends the connection rather than write a larger one.
     ConnAck {
         broker_max_packet: Option<usize>,
-        /// How many QoS 1 and 2 publishes may await their acks at once (the
-        /// MQTT 5 Receive Maximum; unbounded over 3.1.1).
-        window: u16,
+        /// How many QoS 1 and 2 publishes may await their acks at once: the
+        /// MQTT 5 Receive Maximum, when the broker sent one (rumqttc keeps
+        /// the previous one when it did not).
+        window: Option<u16>,
     },
     Publish(IncomingPublish),
     /// The answer to our SUBSCRIBE: the positions of the refused filters.
@@ -191,12 +192,13 @@ pub(crate) enum Event {
         refused: Vec<usize>,
     },
     /// An MQTT 5 broker refused one of our publishes in its PUBACK or
-    /// PUBREC (e.g. not authorized, quota exceeded).
+    /// PUBREC (e.g. not authorized, quota exceeded), or ended its QoS 2
+    /// handshake with a failed PUBCOMP.
     PublishRefused {
         reason: String,
-        /// Refused in a PUBREC: rumqttc 0.25 frees the message but not its
-        /// place in the in-flight window, which stays taken until the
-        /// connection ends.
+        /// Refused in a PUBREC or PUBCOMP: rumqttc 0.25 frees the message
+        /// but not its place in the in-flight window, which stays taken
+        /// until the connection ends.
         holds_window_slot: bool,
     },
     /// Anything else: acks, pings, outgoing progress.
@@ -227,7 +229,7 @@ impl Connection {
                 })?;
                 Ok(match event {
                     E::Incoming(Packet::ConnAck(_)) => {
-                        Event::ConnAck { broker_max_packet: None, window: u16::MAX }
+                        Event::ConnAck { broker_max_packet: None, window: None }
                     }
                     E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V311(p)),
                     E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
@@ -246,7 +248,9 @@ impl Connection {
             }
             Connection::V5(eventloop) => {
                 use v5::Event as E;
-                use v5::mqttbytes::v5::{Packet, PubAckReason, PubRecReason, SubscribeReasonCode};
+                use v5::mqttbytes::v5::{
+                    Packet, PubAckReason, PubCompReason, PubRecReason, SubscribeReasonCode,
+                };
                 let event = eventloop.poll().await.map_err(|e| PollError {
                     oversized_incoming: matches!(
                         e,
@@ -263,7 +267,7 @@ impl Connection {
                             broker_max_packet: properties
                                 .and_then(|p| p.max_packet_size)
                                 .map(|max| max as usize),
-                            window: properties.and_then(|p| p.receive_max).unwrap_or(u16::MAX),
+                            window: properties.and_then(|p| p.receive_max),
                         }
                     }
                     E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V5(p)),
@@ -286,6 +290,14 @@ impl Connection {
                     {
                         Event::PublishRefused {
                             reason: format!("{:?}", rec.reason),
+                            holds_window_slot: true,
+                        }
+                    }
+                    // The broker did not know the packet id of our PUBREL
+                    // (e.g. one sent again on a kept session).
+                    E::Incoming(Packet::PubComp(comp)) if comp.reason != PubCompReason::Success => {
+                        Event::PublishRefused {
+                            reason: format!("PUBCOMP {:?}", comp.reason),
                             holds_window_slot: true,
                         }
                     }
@@ -355,11 +367,17 @@ impl Connection {
     /// or not yet written), so that the caller can count them as dropped.
     /// Availability and DISCONNECT requests are not publishes of ours.
     pub fn abandon(&mut self) -> Vec<Queued> {
+        self.drop_now();
+        self.take_unsent().0
+    }
+
+    /// Ends the connection at once, without a DISCONNECT (so the broker
+    /// publishes the last will); the next `poll` reconnects.
+    pub fn drop_now(&mut self) {
         match self {
             Connection::V311(eventloop) => eventloop.clean(),
             Connection::V5(eventloop) => eventloop.clean(),
         }
-        self.take_unsent().0
     }
 
     /// Puts a DISCONNECT ahead of everything rumqttc has not written yet.

@@ -445,13 +445,18 @@ struct Driver {
 /// QoS 2 publishes have used it up.
 ///
 /// rumqttc 0.25 keeps the slot of a QoS 2 publish the broker refused in its
-/// PUBREC (an ACL, a quota) until the connection ends, and writes nothing
-/// from its request channel while every slot is taken: with Mosquitto's
-/// window of 20, twenty refusals would silence the connection for good.
-/// When the refusals hold the whole window, no other publish is in flight
-/// and the channel stands still. The driver then puts a DISCONNECT ahead of
-/// it (a clean one: no last will), takes back what the channel held when
-/// the broker closes, and reconnects at once with an empty window.
+/// PUBREC or PUBCOMP (an ACL, a quota) until the connection ends, and takes
+/// no request from its channel while every slot is taken: with Mosquitto's
+/// Receive Maximum of 20, twenty refusals would silence the connection for
+/// good. When the refusals hold the whole window, no other publish is in
+/// flight (these are the only slots rumqttc loses), so the channel stands
+/// still. The driver then puts a DISCONNECT ahead of it (a clean one: no
+/// last will), takes back what the channel held when the broker closes,
+/// and reconnects at once with an empty window.
+///
+/// While the endpoint is closing, the connection is dropped instead: if the
+/// reconnect that finishes the close fails, the last will still says
+/// `offline`.
 struct Window {
     size: u16,
     held: u16,
@@ -522,7 +527,7 @@ impl Driver {
                 Ok(Event::ConnAck { broker_max_packet, window }) => {
                     connected = true;
                     let renewed = self.window.renewal == Renewal::Reconnecting;
-                    self.window = Window::new(window);
+                    self.window = Window::new(window.unwrap_or(self.window.size));
                     awaiting_suback = self.on_connack(broker_max_packet, renewed);
                     Next::Continue
                 }
@@ -538,10 +543,19 @@ impl Driver {
                     if let Some(count) = crate::stats::bump_loggable(&stats.publish_refused) {
                         tracing::warn!(broker = %self.broker, %reason, count, "the MQTT broker refused a publish");
                     }
-                    if holds_window_slot && self.window.slot_held() {
-                        self.renew_connection();
+                    // A refusal read with the end of the previous connection
+                    // comes before the next CONNACK; it held a slot there.
+                    if holds_window_slot && connected && self.window.slot_held() {
+                        if self.renew_connection() {
+                            connected = false;
+                            awaiting_suback = false;
+                            self.on_error("dropped to free the in-flight window".into(), true).await
+                        } else {
+                            Next::Continue
+                        }
+                    } else {
+                        Next::Continue
                     }
-                    Next::Continue
                 }
                 Ok(Event::Publish(publish)) => {
                     self.on_publish(&publish);
@@ -601,7 +615,7 @@ impl Driver {
         self.backoff.reset();
         crate::stats::bump(&self.shared.stats.connections);
         if renewed {
-            // Said once with the renewal's warning.
+            // The renewal's warning (rate-limited) said it already.
             tracing::debug!(broker = %self.broker, "MQTT connected again with an empty in-flight window");
         } else {
             tracing::info!(broker = %self.broker, client_id = %self.config.client_id, ?broker_max_packet, "MQTT connected");
@@ -639,17 +653,26 @@ impl Driver {
         awaiting_suback
     }
 
-    /// Ends the connection cleanly so that the next one frees the window
-    /// (see [`Window`]).
-    fn renew_connection(&mut self) {
+    /// Ends the connection so that the next one frees the window (see
+    /// [`Window`]). Returns true when it was dropped at once, false when a
+    /// DISCONNECT is on its way.
+    fn renew_connection(&mut self) -> bool {
         let (held, size) = (self.window.held, self.window.size);
         if let Some(count) = crate::stats::bump_loggable(&self.shared.stats.window_renewals) {
             tracing::warn!(broker = %self.broker, held, size, count, "refused QoS 2 publishes hold the whole MQTT in-flight window, which rumqttc frees only with a new connection: reconnecting");
         }
+        let mut outbox = self.shared.outbox();
+        if outbox.closing {
+            drop(outbox);
+            self.connection.drop_now();
+            return true;
+        }
         // New messages wait in the offline queue for the next connection
         // rather than in rumqttc's channel behind the DISCONNECT.
-        self.shared.outbox().connected = false;
+        outbox.connected = false;
+        drop(outbox);
         self.connection.disconnect_next();
+        false
     }
 
     /// Names and counts the filters the broker refused in the oldest
@@ -749,6 +772,7 @@ impl Driver {
         };
         if renewing {
             tracing::debug!(broker = %self.broker, %reason, "MQTT connection ended to free the in-flight window; reconnecting at once");
+            self.refresh_password();
             self.link.send_replace(MqttLinkState::Connecting);
             return Next::Continue;
         }
