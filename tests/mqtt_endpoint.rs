@@ -827,6 +827,36 @@ async fn take_over_session(port: u16, client_id: &str) {
     socket.write_all(&[0xe0, 0]).await.expect("DISCONNECT");
 }
 
+/// With `clean_session = false`, an UNSUBSCRIBE the broker never read
+/// (the connection broke first) leaves the filter in the kept session: it
+/// is sent again after the reconnect.
+#[tokio::test]
+async fn an_unsubscribe_lost_with_the_connection_is_sent_again_to_the_kept_session() {
+    let broker = Mosquitto::start().await;
+    let gate = support::faults::TcpGate::start(broker.port()).await;
+    let id = format!("bridge-lost-unsub-{}", std::process::id());
+    let mut settings = MqttConfig::new("127.0.0.1", gate.port()).with_client_id(id);
+    settings.clean_session = false;
+    settings.availability_topic = None;
+    settings.reconnect_delay = Duration::from_millis(100);
+    settings.reconnect_max_delay = Duration::from_millis(200);
+    let mut bridge = Bridge::start(settings, &["in/#"]);
+    bridge.connected().await;
+
+    // Queued on what still looks like a live connection, never forwarded.
+    gate.cut();
+    let other = Subscription { filter: "other/#".into(), qos: QoS::AtLeastOnce };
+    bridge.handle.set_subscriptions(vec![other]).expect("valid filters");
+    bridge.disconnected().await;
+    bridge.connected().await;
+
+    mosquitto::publish(broker.port(), "in/x", "1", 1, false).await;
+    mosquitto::publish(broker.port(), "other/y", "2", 1, false).await;
+    assert_eq!(bridge.next_inbound().await, mqtt("other/y", json!(2)));
+    let more = tokio::time::timeout(QUIET, bridge.inbound.recv()).await;
+    assert!(more.is_err(), "nothing from the dropped filter: {more:?}");
+}
+
 /// With `clean_session = false`, a filter dropped while the connection was
 /// down is still in the session the broker kept: it is unsubscribed after
 /// the reconnect, so its messages stop coming.

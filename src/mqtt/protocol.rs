@@ -136,12 +136,16 @@ impl Client {
         }
     }
 
-    /// One UNSUBSCRIBE per filter.
-    pub fn try_unsubscribe(&self, filters: &[String]) -> bool {
-        filters.iter().all(|filter| match self {
-            Client::V311(client) => client.try_unsubscribe(filter.clone()).is_ok(),
-            Client::V5(client) => client.try_unsubscribe(filter.clone()).is_ok(),
-        })
+    /// One UNSUBSCRIBE per filter, in order, until the channel is full;
+    /// returns how many were queued.
+    pub fn try_unsubscribe(&self, filters: &[String]) -> usize {
+        filters
+            .iter()
+            .take_while(|filter| match self {
+                Client::V311(client) => client.try_unsubscribe((*filter).clone()).is_ok(),
+                Client::V5(client) => client.try_unsubscribe((*filter).clone()).is_ok(),
+            })
+            .count()
     }
 
     pub fn try_disconnect(&self) -> bool {
@@ -187,6 +191,8 @@ pub(crate) enum Event {
         window: Option<u16>,
     },
     Publish(IncomingPublish),
+    /// The answer to our oldest UNSUBSCRIBE still unanswered.
+    UnsubAck,
     /// The answer to our SUBSCRIBE: the positions of the refused filters.
     SubAck {
         refused: Vec<usize>,
@@ -232,6 +238,7 @@ impl Connection {
                         Event::ConnAck { broker_max_packet: None, window: None }
                     }
                     E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V311(p)),
+                    E::Incoming(Packet::UnsubAck(_)) => Event::UnsubAck,
                     E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
                         refused: ack
                             .return_codes
@@ -271,6 +278,7 @@ impl Connection {
                         }
                     }
                     E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V5(p)),
+                    E::Incoming(Packet::UnsubAck(_)) => Event::UnsubAck,
                     E::Incoming(Packet::PubAck(ack))
                         if !matches!(
                             ack.reason,

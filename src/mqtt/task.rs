@@ -137,7 +137,8 @@ pub(crate) fn spawn(
         subscriptions: Mutex::new(Subscriptions {
             current: subscriptions,
             subacks: VecDeque::new(),
-            dropped_while_down: Vec::new(),
+            unanswered_unsubscribes: VecDeque::new(),
+            unsubscribe_on_connect: Vec::new(),
         }),
     });
     tokio::spawn(close_when_asked(shared.clone(), tokens.clone()));
@@ -184,10 +185,48 @@ pub(crate) struct Shared {
 struct Subscriptions {
     current: Vec<Subscription>,
     subacks: VecDeque<Vec<String>>,
-    /// Filters dropped while disconnected: a broker that kept the session
-    /// (`clean_session = false`) still has them, so the next CONNACK
-    /// unsubscribes them.
-    dropped_while_down: Vec<String>,
+    /// Filters whose UNSUBSCRIBE rumqttc took and the broker has not
+    /// answered yet, oldest first (the broker answers in order).
+    unanswered_unsubscribes: VecDeque<String>,
+    /// Filters to unsubscribe after the next CONNACK: dropped while
+    /// disconnected, or unanswered when a connection ended. A broker that
+    /// kept the session (`clean_session = false`) still has them.
+    unsubscribe_on_connect: Vec<String>,
+}
+
+impl Subscriptions {
+    /// Sends one UNSUBSCRIBE per filter; those the channel cannot take wait
+    /// for the next CONNACK. Returns whether all were queued.
+    fn unsubscribe(&mut self, client: &Client, filters: Vec<String>) -> bool {
+        let queued = client.try_unsubscribe(&filters);
+        let all = queued == filters.len();
+        let mut filters = filters.into_iter();
+        self.unanswered_unsubscribes.extend(filters.by_ref().take(queued));
+        for filter in filters {
+            self.keep_for_next_connection(filter);
+        }
+        all
+    }
+
+    /// The broker answered the oldest unanswered UNSUBSCRIBE.
+    fn unsubscribe_answered(&mut self) {
+        self.unanswered_unsubscribes.pop_front();
+    }
+
+    /// The connection ended: what the broker may not have read is sent
+    /// again after the next CONNACK.
+    fn connection_ended(&mut self) {
+        while let Some(filter) = self.unanswered_unsubscribes.pop_front() {
+            self.keep_for_next_connection(filter);
+        }
+    }
+
+    fn keep_for_next_connection(&mut self, filter: String) {
+        let wanted_again = self.current.iter().any(|s| s.filter == filter);
+        if !wanted_again && !self.unsubscribe_on_connect.contains(&filter) {
+            self.unsubscribe_on_connect.push(filter);
+        }
+    }
 }
 
 impl Shared {
@@ -207,21 +246,14 @@ impl Shared {
     fn subscribe_all(&self) -> Option<bool> {
         let mut subscriptions = self.subscriptions();
         subscriptions.subacks.clear();
-        // Kept until a SUBACK shows the broker has read past the
-        // UNSUBSCRIBE (it answers in order): a connection that breaks
-        // before that sends it again next time.
-        let stale = &subscriptions.dropped_while_down;
-        if !stale.is_empty() && !self.client.try_unsubscribe(stale) {
+        let stale = std::mem::take(&mut subscriptions.unsubscribe_on_connect);
+        if !stale.is_empty() && !subscriptions.unsubscribe(&self.client, stale) {
             crate::stats::bump(&self.stats.subscribe_failures);
             tracing::warn!(
-                ?stale,
-                "MQTT UNSUBSCRIBE of filters dropped while disconnected could not be queued"
+                "MQTT UNSUBSCRIBE of filters dropped while disconnected could not be queued; tried again after the next reconnect"
             );
         }
         if subscriptions.current.is_empty() {
-            // No SUBACK will come to confirm it: sent once is the best
-            // there is.
-            subscriptions.dropped_while_down.clear();
             return None;
         }
         let queued = self.client.try_subscribe(&subscriptions.current);
@@ -259,9 +291,12 @@ impl Shared {
                     tracing::warn!("MQTT SUBSCRIBE could not be queued");
                 }
             }
-            if !removed.is_empty() && !self.client.try_unsubscribe(&removed) {
+            if !removed.is_empty() && !subscriptions.unsubscribe(&self.client, removed.clone()) {
                 crate::stats::bump(&self.stats.subscribe_failures);
-                tracing::warn!(?removed, "MQTT UNSUBSCRIBE could not be queued");
+                tracing::warn!(
+                    ?removed,
+                    "MQTT UNSUBSCRIBE could not be queued; tried again after the next reconnect"
+                );
             }
             tracing::info!(
                 added = added.len(),
@@ -269,14 +304,14 @@ impl Shared {
                 "MQTT subscriptions changed on the live connection"
             );
         } else {
-            let Subscriptions { current, dropped_while_down, .. } = &mut *subscriptions;
+            let Subscriptions { current, unsubscribe_on_connect, .. } = &mut *subscriptions;
             for old in current.iter() {
                 let kept = wanted.iter().any(|new| new.filter == old.filter);
-                if !kept && !dropped_while_down.contains(&old.filter) {
-                    dropped_while_down.push(old.filter.clone());
+                if !kept && !unsubscribe_on_connect.contains(&old.filter) {
+                    unsubscribe_on_connect.push(old.filter.clone());
                 }
             }
-            dropped_while_down.retain(|filter| !wanted.iter().any(|new| &new.filter == filter));
+            unsubscribe_on_connect.retain(|filter| !wanted.iter().any(|new| &new.filter == filter));
         }
         subscriptions.current = wanted;
     }
@@ -538,6 +573,10 @@ impl Driver {
                     }
                     Next::Continue
                 }
+                Ok(Event::UnsubAck) => {
+                    self.shared.subscriptions().unsubscribe_answered();
+                    Next::Continue
+                }
                 Ok(Event::PublishRefused { reason, holds_window_slot }) => {
                     let stats = &self.shared.stats;
                     if let Some(count) = crate::stats::bump_loggable(&stats.publish_refused) {
@@ -678,11 +717,7 @@ impl Driver {
     /// Names and counts the filters the broker refused in the oldest
     /// SUBSCRIBE still awaiting its SUBACK.
     fn on_suback(&mut self, refused: &[usize]) {
-        let filters = {
-            let mut subscriptions = self.shared.subscriptions();
-            subscriptions.dropped_while_down.clear();
-            subscriptions.subacks.pop_front().unwrap_or_default()
-        };
+        let filters = self.shared.subscriptions().subacks.pop_front().unwrap_or_default();
         for &index in refused {
             crate::stats::bump(&self.shared.stats.subscribe_failures);
             let filter = filters.get(index).map_or("?", String::as_str);
@@ -768,6 +803,7 @@ impl Driver {
             unsent.retain(|m| Some(&m.topic) != self.shared.availability.as_ref());
             let dropped = outbox.requeue_front(unsent);
             self.shared.overflowed(dropped);
+            self.shared.subscriptions().connection_ended();
             outbox.closing
         };
         if renewing {
@@ -822,6 +858,30 @@ mod tests {
     #[test]
     fn the_packet_estimate_covers_the_headers() {
         assert_eq!(packet_size("a/b", b"12345"), 3 + 5 + PUBLISH_OVERHEAD);
+    }
+
+    fn subscriptions(current: &[&str], unanswered: &[&str]) -> Subscriptions {
+        Subscriptions {
+            current: current
+                .iter()
+                .map(|f| Subscription { filter: (*f).into(), qos: QoS::AtLeastOnce })
+                .collect(),
+            subacks: VecDeque::new(),
+            unanswered_unsubscribes: unanswered.iter().map(|f| (*f).into()).collect(),
+            unsubscribe_on_connect: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn unanswered_unsubscribes_are_sent_again_after_the_next_connack() {
+        let mut subscriptions = subscriptions(&["b/#"], &["a/#", "b/#", "c/#"]);
+        subscriptions.unsubscribe_answered();
+        subscriptions.connection_ended();
+        assert_eq!(subscriptions.unsubscribe_on_connect, ["c/#"], "a/# answered, b/# wanted again");
+        assert!(subscriptions.unanswered_unsubscribes.is_empty());
+        subscriptions.unanswered_unsubscribes.push_back("c/#".into());
+        subscriptions.connection_ended();
+        assert_eq!(subscriptions.unsubscribe_on_connect, ["c/#"], "listed once");
     }
 
     #[test]

@@ -217,7 +217,13 @@ fn flatten(packet: OscPacket, into: &mut Vec<OscMessage>) {
 pub struct TcpGate {
     port: u16,
     open: Arc<AtomicBool>,
+    /// Cancelled by `cut`; the links forwarded so far hold a clone.
+    links: Arc<Mutex<tokio_util::sync::CancellationToken>>,
     task: JoinHandle<()>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl TcpGate {
@@ -227,20 +233,27 @@ impl TcpGate {
         let port = listener.local_addr().expect("local address").port();
         let open = Arc::new(AtomicBool::new(true));
         let is_open = open.clone();
+        let links = Arc::new(Mutex::new(tokio_util::sync::CancellationToken::new()));
+        let current_links = links.clone();
         let task = tokio::spawn(async move {
-            let mut links = tokio::task::JoinSet::new();
+            let mut forwarded = tokio::task::JoinSet::new();
             while let Ok((mut downstream, _)) = listener.accept().await {
                 if !is_open.load(Ordering::SeqCst) {
                     continue; // dropped: the client sees the connection end
                 }
-                links.spawn(async move {
+                let cut = lock(&current_links).clone();
+                forwarded.spawn(async move {
                     if let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", upstream)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+                        tokio::select! {
+                            biased;
+                            () = cut.cancelled() => {}
+                            _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => {}
+                        }
                     }
                 });
             }
         });
-        TcpGate { port, open, task }
+        TcpGate { port, open, links, task }
     }
 
     pub fn port(&self) -> u16 {
@@ -255,6 +268,14 @@ impl TcpGate {
     /// New connections are forwarded from now on.
     pub fn open(&self) {
         self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends every connection forwarded so far, on both sides. Nothing
+    /// written after this call gets through, even before the sockets close.
+    pub fn cut(&self) {
+        let mut links = lock(&self.links);
+        links.cancel();
+        *links = tokio_util::sync::CancellationToken::new();
     }
 }
 
