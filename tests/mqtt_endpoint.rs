@@ -740,18 +740,42 @@ async fn an_overlapping_filter_added_live_loses_nothing_and_gets_the_retained_me
     assert!(more.is_err(), "one copy of each: {more:?}");
 }
 
+/// A Mosquitto whose ACL lets us write `out/#` and `status/#` only, and an
+/// MQTT 5 endpoint on it that announces itself on `status/NAME`.
+async fn bridge_behind_an_acl(name: &str) -> (Mosquitto, Bridge) {
+    let acl = std::env::temp_dir().join(format!("scbridge-acl-{name}-{}", std::process::id()));
+    std::fs::write(&acl, "topic readwrite out/#\ntopic readwrite status/#\n")
+        .expect("write the ACL file");
+    let broker = Mosquitto::start_configured(&format!("acl_file {}", acl.display())).await;
+    // Read once, at the start.
+    let _ = std::fs::remove_file(&acl);
+    let mut settings = config(&broker, MqttProtocol::V5, name);
+    settings.availability_topic = Some(format!("status/{name}"));
+    let bridge = Bridge::start(settings, &[]);
+    bridge.connected().await;
+    (broker, bridge)
+}
+
+/// QoS 2 publishes to topics the ACL does not let us write.
+fn send_refused_qos_2(bridge: &Bridge, count: usize) {
+    for n in 0..count {
+        let refused = MqttOut {
+            topic: format!("denied/{n}"),
+            body: Body::Value(json!(n)),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            format: PayloadFormat::Auto,
+        };
+        bridge.handle.send(refused).expect("taken");
+    }
+}
+
 /// An MQTT 5 broker says when it refuses a publish (here its ACL does not
 /// let us write the topic): the refusal is counted, and the publishes it
 /// allows still go out.
 #[tokio::test]
 async fn a_publish_the_broker_refuses_over_5_is_counted() {
-    let acl = std::env::temp_dir().join(format!("scbridge-acl-{}", std::process::id()));
-    std::fs::write(&acl, "topic readwrite out/#\n").expect("write the ACL file");
-    let broker = Mosquitto::start_configured(&format!("acl_file {}", acl.display())).await;
-    let mut settings = config(&broker, MqttProtocol::V5, "acl");
-    settings.availability_topic = None;
-    let bridge = Bridge::start(settings, &[]);
-    bridge.connected().await;
+    let (broker, bridge) = bridge_behind_an_acl("acl").await;
     let mut watcher = mosquitto::subscribe(broker.port(), "out/#").await;
 
     bridge.send("denied/x", Body::Value(json!("no")), false);
@@ -760,7 +784,6 @@ async fn a_publish_the_broker_refuses_over_5_is_counted() {
     assert_eq!(watcher.next_message(WAIT).await, received("out/ok", "yes", false));
     bridge.stat_reaches(|s| &s.publish_refused, 1).await;
     assert_eq!(bridge.stat(|s| &s.connections), 1);
-    let _ = std::fs::remove_file(&acl);
 }
 
 /// rumqttc keeps the in-flight slot of a QoS 2 publish the broker refused
@@ -769,28 +792,12 @@ async fn a_publish_the_broker_refuses_over_5_is_counted() {
 /// that, without a last will, and the allowed publishes keep going out.
 #[tokio::test]
 async fn refused_qos_2_publishes_do_not_stall_the_connection() {
-    let acl = std::env::temp_dir().join(format!("scbridge-acl-qos2-{}", std::process::id()));
-    std::fs::write(&acl, "topic readwrite out/#\ntopic readwrite status/#\n")
-        .expect("write the ACL file");
-    let broker = Mosquitto::start_configured(&format!("acl_file {}", acl.display())).await;
-    let mut settings = config(&broker, MqttProtocol::V5, "acl-qos2");
-    settings.availability_topic = Some("status/acl-qos2".into());
-    let bridge = Bridge::start(settings, &[]);
-    bridge.connected().await;
+    let (broker, bridge) = bridge_behind_an_acl("acl-qos2").await;
     let mut allowed = mosquitto::subscribe(broker.port(), "out/#").await;
     let mut availability = mosquitto::subscribe(broker.port(), "status/#").await;
 
     for round in 0..3 {
-        for n in 0..25 {
-            let refused = MqttOut {
-                topic: format!("denied/{n}"),
-                body: Body::Value(json!(n)),
-                qos: QoS::ExactlyOnce,
-                retain: false,
-                format: PayloadFormat::Auto,
-            };
-            bridge.handle.send(refused).expect("taken");
-        }
+        send_refused_qos_2(&bridge, 25);
         bridge.send("out/ok", Body::Value(json!(round)), false);
         assert_eq!(
             allowed.next_message(WAIT).await,
@@ -806,7 +813,6 @@ async fn refused_qos_2_publishes_do_not_stall_the_connection() {
         assert_eq!(status.payload, b"online", "no last will on the way: {status:?}");
     }
     allowed.expect_nothing(QUIET).await;
-    let _ = std::fs::remove_file(&acl);
 }
 
 /// A shutdown asked for while refused QoS 2 publishes fill the window: the
@@ -814,27 +820,11 @@ async fn refused_qos_2_publishes_do_not_stall_the_connection() {
 /// the connection is renewed and the close done again on the new one.
 #[tokio::test]
 async fn a_shutdown_behind_refused_qos_2_publishes_still_sends_everything_then_offline() {
-    let acl = std::env::temp_dir().join(format!("scbridge-acl-bye-{}", std::process::id()));
-    std::fs::write(&acl, "topic readwrite out/#\ntopic readwrite status/#\n")
-        .expect("write the ACL file");
-    let broker = Mosquitto::start_configured(&format!("acl_file {}", acl.display())).await;
-    let mut settings = config(&broker, MqttProtocol::V5, "acl-bye");
-    settings.availability_topic = Some("status/acl-bye".into());
-    let bridge = Bridge::start(settings, &[]);
-    bridge.connected().await;
+    let (broker, bridge) = bridge_behind_an_acl("acl-bye").await;
     let mut watcher = mosquitto::subscribe(broker.port(), "#").await;
     assert_eq!(watcher.next_message(WAIT).await, received("status/acl-bye", "online", true));
 
-    for n in 0..25 {
-        let refused = MqttOut {
-            topic: format!("denied/{n}"),
-            body: Body::Value(json!(n)),
-            qos: QoS::ExactlyOnce,
-            retain: false,
-            format: PayloadFormat::Auto,
-        };
-        bridge.handle.send(refused).expect("taken");
-    }
+    send_refused_qos_2(&bridge, 25);
     bridge.send("out/last", Body::Value(json!("bye")), false);
     tokio::time::timeout(WAIT, bridge.handle.shutdown())
         .await
@@ -853,7 +843,6 @@ async fn a_shutdown_behind_refused_qos_2_publishes_still_sends_everything_then_o
     assert!(!seen.iter().any(|(_, payload)| payload == "online"), "never online again: {seen:?}");
     assert_eq!(bridge.stat(|s| &s.shutdown_dropped), 0);
     assert!(bridge.stat(|s| &s.window_renewals) >= 1);
-    let _ = std::fs::remove_file(&acl);
 }
 
 /// Takes over the MQTT 3.1.1 session of `client_id` on the broker (which
@@ -880,22 +869,37 @@ async fn take_over_session(port: u16, client_id: &str) {
 async fn an_unsubscribe_lost_with_the_connection_is_sent_again_to_the_kept_session() {
     let broker = Mosquitto::start().await;
     let gate = support::faults::TcpGate::start(broker.port()).await;
-    let id = format!("bridge-lost-unsub-{}", std::process::id());
-    let mut settings = MqttConfig::new("127.0.0.1", gate.port()).with_client_id(id);
+    let (mut bridge, _) = kept_session_on_in(&gate, "lost-unsub").await;
+
+    // Queued on what still looks like a live connection, never forwarded.
+    gate.cut();
+    bridge.handle.set_subscriptions(vec![other_instead_of_in()]).expect("valid filters");
+    bridge.disconnected().await;
+    bridge.connected().await;
+
+    only_other_is_delivered(&broker, &mut bridge).await;
+}
+
+/// An endpoint with a persistent session, reaching the broker through
+/// `gate` and subscribed to `in/#`; and its client id.
+async fn kept_session_on_in(gate: &support::faults::TcpGate, name: &str) -> (Bridge, String) {
+    let id = format!("bridge-{name}-{}", std::process::id());
+    let mut settings = MqttConfig::new("127.0.0.1", gate.port()).with_client_id(id.clone());
     settings.clean_session = false;
     settings.availability_topic = None;
     settings.reconnect_delay = Duration::from_millis(100);
     settings.reconnect_max_delay = Duration::from_millis(200);
-    let mut bridge = Bridge::start(settings, &["in/#"]);
+    let bridge = Bridge::start(settings, &["in/#"]);
     bridge.connected().await;
+    (bridge, id)
+}
 
-    // Queued on what still looks like a live connection, never forwarded.
-    gate.cut();
-    let other = Subscription { filter: "other/#".into(), qos: QoS::AtLeastOnce };
-    bridge.handle.set_subscriptions(vec![other]).expect("valid filters");
-    bridge.disconnected().await;
-    bridge.connected().await;
+fn other_instead_of_in() -> Subscription {
+    Subscription { filter: "other/#".into(), qos: QoS::AtLeastOnce }
+}
 
+/// `in/#` gave way to `other/#`: only the latter's messages come.
+async fn only_other_is_delivered(broker: &Mosquitto, bridge: &mut Bridge) {
     mosquitto::publish(broker.port(), "in/x", "1", 1, false).await;
     mosquitto::publish(broker.port(), "other/y", "2", 1, false).await;
     assert_eq!(bridge.next_inbound().await, mqtt("other/y", json!(2)));
@@ -910,26 +914,14 @@ async fn an_unsubscribe_lost_with_the_connection_is_sent_again_to_the_kept_sessi
 async fn a_filter_dropped_while_disconnected_is_unsubscribed_from_the_kept_session() {
     let broker = Mosquitto::start().await;
     let gate = support::faults::TcpGate::start(broker.port()).await;
-    let id = format!("bridge-stale-{}", std::process::id());
-    let mut settings = MqttConfig::new("127.0.0.1", gate.port()).with_client_id(id.clone());
-    settings.clean_session = false;
-    settings.availability_topic = None;
-    settings.reconnect_delay = Duration::from_millis(100);
-    settings.reconnect_max_delay = Duration::from_millis(200);
-    let mut bridge = Bridge::start(settings, &["in/#"]);
-    bridge.connected().await;
+    let (mut bridge, id) = kept_session_on_in(&gate, "stale").await;
 
     gate.close();
     take_over_session(broker.port(), &id).await;
     bridge.disconnected().await;
-    let other = Subscription { filter: "other/#".into(), qos: QoS::AtLeastOnce };
-    bridge.handle.set_subscriptions(vec![other]).expect("valid filters");
+    bridge.handle.set_subscriptions(vec![other_instead_of_in()]).expect("valid filters");
     gate.open();
     bridge.connected().await;
 
-    mosquitto::publish(broker.port(), "in/x", "1", 1, false).await;
-    mosquitto::publish(broker.port(), "other/y", "2", 1, false).await;
-    assert_eq!(bridge.next_inbound().await, mqtt("other/y", json!(2)));
-    let more = tokio::time::timeout(QUIET, bridge.inbound.recv()).await;
-    assert!(more.is_err(), "nothing from the dropped filter: {more:?}");
+    only_other_is_delivered(&broker, &mut bridge).await;
 }
