@@ -694,52 +694,6 @@ async fn overlapping_filters_deliver_each_message_once_over_5() {
     overlapping_filters(MqttProtocol::V5).await;
 }
 
-/// Filters that overlap without either covering the other cannot be
-/// merged; over MQTT 5 Mosquitto sends one copy per subscription, and the
-/// endpoint keeps one, by the copies' Subscription Identifiers.
-#[tokio::test]
-async fn partly_overlapping_filters_deliver_each_message_once_over_5() {
-    let broker = Mosquitto::start().await;
-    let mut bridge =
-        Bridge::start(config(&broker, MqttProtocol::V5, "partial"), &["in/+/c", "in/b/+"]);
-    bridge.connected().await;
-    mosquitto::publish(broker.port(), "in/b/c", "1", 1, false).await;
-    mosquitto::publish(broker.port(), "in/a/c", "2", 1, false).await;
-    mosquitto::publish(broker.port(), "in/b/d", "3", 1, false).await;
-    assert_eq!(bridge.next_inbound().await, mqtt("in/b/c", json!(1)));
-    assert_eq!(bridge.next_inbound().await, mqtt("in/a/c", json!(2)));
-    assert_eq!(bridge.next_inbound().await, mqtt("in/b/d", json!(3)));
-    let more = tokio::time::timeout(QUIET, bridge.inbound.recv()).await;
-    assert!(more.is_err(), "one copy of each: {more:?}");
-    assert_eq!(bridge.stat(|s| &s.overlap_copies), 1);
-}
-
-/// A filter added on the live connection overlaps one in force: until the
-/// broker has the new subscription, only the old one's copy comes, and it
-/// is the one kept; retained messages sent for the new one still arrive.
-#[tokio::test]
-async fn an_overlapping_filter_added_live_loses_nothing_and_gets_the_retained_messages() {
-    let broker = Mosquitto::start().await;
-    mosquitto::publish(broker.port(), "in/b/c", "kept", 1, true).await;
-    let mut bridge = Bridge::start(config(&broker, MqttProtocol::V5, "live-overlap"), &["in/+/c"]);
-    bridge.connected().await;
-    assert_eq!(bridge.next_inbound().await, mqtt("in/b/c", json!("kept")));
-
-    let wanted = ["in/+/c", "in/b/+"]
-        .map(|filter| Subscription { filter: filter.into(), qos: QoS::AtLeastOnce });
-    bridge.handle.set_subscriptions(wanted.to_vec()).expect("valid filters");
-    mosquitto::publish(broker.port(), "in/b/c", "live", 1, false).await;
-    // Sent for the new subscription only; it may come before or after the
-    // live message, depending on when the broker took the SUBSCRIBE.
-    let mut got = vec![bridge.next_inbound().await, bridge.next_inbound().await];
-    got.sort_by_key(|m| format!("{:?}", m.body));
-    assert_eq!(got, [mqtt("in/b/c", json!("kept")), mqtt("in/b/c", json!("live"))]);
-    mosquitto::publish(broker.port(), "in/b/c", "again", 1, false).await;
-    assert_eq!(bridge.next_inbound().await, mqtt("in/b/c", json!("again")));
-    let more = tokio::time::timeout(QUIET, bridge.inbound.recv()).await;
-    assert!(more.is_err(), "one copy of each: {more:?}");
-}
-
 /// A Mosquitto whose ACL lets us write `out/#` and `status/#` only, and an
 /// MQTT 5 endpoint on it that announces itself on `status/NAME`.
 async fn bridge_behind_an_acl(name: &str) -> (Mosquitto, Bridge) {

@@ -56,10 +56,6 @@ crate::stats::counters! {
         own_echoes,
         /// Incoming packets over `max_packet_bytes`; dropped.
         oversized_in,
-        /// Extra copies of one message that an MQTT 5 broker sent once per
-        /// overlapping subscription (`a/+/c` and `a/b/+`); dropped, one is
-        /// kept.
-        overlap_copies,
         /// Incoming messages dropped because the inbound channel was full.
         inbound_queue_full,
         /// Publishes handed to the MQTT client for sending.
@@ -302,8 +298,7 @@ mod tests {
         assert!(names.contains(&"publish_refused"));
         assert!(names.contains(&"qos2_in_doubt"));
         assert!(names.contains(&"window_renewals"));
-        assert!(names.contains(&"overlap_copies"));
-        assert_eq!(names.len(), 16);
+        assert_eq!(names.len(), 15);
     }
 
     #[tokio::test]

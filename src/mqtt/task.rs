@@ -13,7 +13,7 @@
 //! bounded channel, so a full channel never blocks the task that would have
 //! to drain it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -21,9 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::config::{
-    MQTT_MAX_PACKET_BYTES, MqttConfig, MqttProtocol, Password, covers, valid_filter,
-};
+use super::config::{MQTT_MAX_PACKET_BYTES, MqttConfig, MqttProtocol, Password, valid_filter};
 use super::outbox::{Outbox, Submitted};
 use super::protocol::{self, Client, Connection, Event, IncomingPublish, Queued, Setup};
 use super::{
@@ -141,9 +139,6 @@ pub(crate) fn spawn(
             subacks: VecDeque::new(),
             unanswered_unsubscribes: VecDeque::new(),
             unsubscribe_on_connect: Vec::new(),
-            ids: HashMap::new(),
-            use_ids: false,
-            confirmed: HashSet::new(),
         }),
     });
     tokio::spawn(close_when_asked(shared.clone(), tokens.clone()));
@@ -197,103 +192,9 @@ struct Subscriptions {
     /// disconnected, or unanswered when a connection ended. A broker that
     /// kept the session (`clean_session = false`) still has them.
     unsubscribe_on_connect: Vec<String>,
-    /// MQTT 5 Subscription Identifiers: one per filter, in order of first
-    /// use, kept for the life of the endpoint (see `is_extra_copy`), so
-    /// that a copy never carries an identifier that changed meaning.
-    ids: HashMap<String, usize>,
-    /// This connection's broker takes Subscription Identifiers.
-    use_ids: bool,
-    /// Identifiers whose SUBSCRIBE the broker accepted on this connection.
-    confirmed: HashSet<usize>,
 }
 
-/// The largest Subscription Identifier MQTT 5 allows.
-const MAX_SUBSCRIPTION_ID: usize = 268_435_455;
-
 impl Subscriptions {
-    /// Queues the SUBSCRIBEs for `wanted`: one, or over MQTT 5 one per
-    /// filter with its own identifier, oldest identifier first (shared
-    /// subscriptions together, without one). Returns how many rumqttc took
-    /// and whether it took them all.
-    fn subscribe(&mut self, client: &Client, wanted: &[Subscription]) -> (usize, bool) {
-        let (shared, own): (Vec<_>, Vec<_>) =
-            wanted.iter().cloned().partition(|s| s.filter.starts_with("$share/"));
-        let mut batches: Vec<(Vec<Subscription>, Option<usize>)> = Vec::new();
-        if self.use_ids {
-            let mut with_ids: Vec<_> =
-                own.into_iter().map(|s| (self.id_for(&s.filter), s)).collect();
-            with_ids.sort_by_key(|(id, _)| *id);
-            batches.extend(with_ids.into_iter().map(|(id, s)| (vec![s], id)));
-        } else {
-            batches.push((own, None));
-        }
-        batches.push((shared, None));
-        let mut queued = 0;
-        let mut all = true;
-        for (batch, id) in batches.into_iter().filter(|(batch, _)| !batch.is_empty()) {
-            // In force again only once the broker has answered this one.
-            if let Some(id) = id {
-                self.confirmed.remove(&id);
-            }
-            if client.try_subscribe(&batch, id) {
-                self.subacks.push_back(batch.into_iter().map(|s| s.filter).collect());
-                queued += 1;
-            } else {
-                all = false;
-            }
-        }
-        (queued, all)
-    }
-
-    /// The identifier of `filter`, given now if it has none; `None` once
-    /// the endpoint has used them all up.
-    fn id_for(&mut self, filter: &str) -> Option<usize> {
-        if let Some(id) = self.ids.get(filter) {
-            return Some(*id);
-        }
-        let id = self.ids.len() + 1;
-        if id > MAX_SUBSCRIPTION_ID {
-            return None;
-        }
-        self.ids.insert(filter.to_owned(), id);
-        Some(id)
-    }
-
-    /// The broker answered the oldest SUBSCRIBE: returns its filters, and
-    /// marks the accepted ones' identifiers as in force.
-    fn subscribe_answered(&mut self, refused: &[usize]) -> Vec<String> {
-        let filters = self.subacks.pop_front().unwrap_or_default();
-        for (index, filter) in filters.iter().enumerate() {
-            if let (false, Some(id)) = (refused.contains(&index), self.ids.get(filter)) {
-                self.confirmed.insert(*id);
-            }
-        }
-        filters
-    }
-
-    /// An MQTT 5 broker sends a message once per matching subscription, so
-    /// filters that overlap without either covering the other (`a/+/c` and
-    /// `a/b/+`; covered ones are never subscribed) bring several copies,
-    /// each with the identifier of its subscription. The copy kept is the
-    /// one for the matching subscription in force with the lowest
-    /// identifier. In force means the broker answered its latest SUBSCRIBE,
-    /// so it sends everything after that answer for it: that copy always
-    /// comes. Retained messages sent for a new subscription are only sent
-    /// to it, and are kept.
-    fn is_extra_copy(&self, topic: &str, sent_for: &[usize]) -> bool {
-        if !self.use_ids || sent_for.is_empty() {
-            return false;
-        }
-        let oldest = self
-            .current
-            .iter()
-            .filter_map(|s| self.ids.get(&s.filter).map(|id| (*id, &s.filter)))
-            .filter(|(id, filter)| self.confirmed.contains(id) && covers(filter, topic))
-            .map(|(id, _)| id)
-            .min();
-        oldest.is_some_and(|id| !sent_for.contains(&id))
-    }
-
     /// Sends one UNSUBSCRIBE per filter; those the channel cannot take wait
     /// for the next CONNACK. Returns whether all were queued.
     fn unsubscribe(&mut self, client: &Client, filters: Vec<String>) -> bool {
@@ -315,7 +216,6 @@ impl Subscriptions {
     /// The connection ended: what the broker may not have read is sent
     /// again after the next CONNACK.
     fn connection_ended(&mut self) {
-        self.confirmed.clear();
         while let Some(filter) = self.unanswered_unsubscribes.pop_front() {
             self.keep_for_next_connection(filter);
         }
@@ -340,13 +240,12 @@ impl Shared {
         self.subscriptions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Subscribes everything, after a CONNACK (`use_ids`: the broker takes
-    /// Subscription Identifiers). Returns how many SUBACKs to wait for.
-    /// The caller holds the outbox.
-    fn subscribe_all(&self, use_ids: bool) -> usize {
+    /// Subscribes everything, after a CONNACK: `None` when there is
+    /// nothing to subscribe, else whether the SUBSCRIBE was queued. The
+    /// caller holds the outbox.
+    fn subscribe_all(&self) -> Option<bool> {
         let mut subscriptions = self.subscriptions();
         subscriptions.subacks.clear();
-        subscriptions.use_ids = use_ids;
         let stale = std::mem::take(&mut subscriptions.unsubscribe_on_connect);
         if !stale.is_empty() && !subscriptions.unsubscribe(&self.client, stale) {
             crate::stats::bump(&self.stats.subscribe_failures);
@@ -354,13 +253,15 @@ impl Shared {
                 "MQTT UNSUBSCRIBE of filters dropped while disconnected could not be queued; tried again after the next reconnect"
             );
         }
-        let wanted = subscriptions.current.clone();
-        let (queued, all) = subscriptions.subscribe(&self.client, &wanted);
-        if !all {
-            crate::stats::bump(&self.stats.subscribe_failures);
-            tracing::warn!("MQTT SUBSCRIBE could not be queued");
+        if subscriptions.current.is_empty() {
+            return None;
         }
-        queued
+        let queued = self.client.try_subscribe(&subscriptions.current);
+        if queued {
+            let filters = subscriptions.current.iter().map(|s| s.filter.clone()).collect();
+            subscriptions.subacks.push_back(filters);
+        }
+        Some(queued)
     }
 
     /// Replaces the subscriptions. On a live connection only the
@@ -380,9 +281,15 @@ impl Shared {
                 wanted.iter().filter(|new| !current.contains(new)).cloned().collect();
             // SUBSCRIBE first: when `a/#` gives way to `a/b`, the broker
             // must never be without a filter for `a/b`.
-            if !subscriptions.subscribe(&self.client, &added).1 {
-                crate::stats::bump(&self.stats.subscribe_failures);
-                tracing::warn!("MQTT SUBSCRIBE could not be queued");
+            if !added.is_empty() {
+                if self.client.try_subscribe(&added) {
+                    subscriptions
+                        .subacks
+                        .push_back(added.iter().map(|s| s.filter.clone()).collect());
+                } else {
+                    crate::stats::bump(&self.stats.subscribe_failures);
+                    tracing::warn!("MQTT SUBSCRIBE could not be queued");
+                }
             }
             if !removed.is_empty() && !subscriptions.unsubscribe(&self.client, removed.clone()) {
                 crate::stats::bump(&self.stats.subscribe_failures);
@@ -640,8 +547,7 @@ impl Driver {
 
     async fn drive(mut self) {
         let mut connected = false;
-        // SUBACKs still to come for the SUBSCRIBEs of the last CONNACK.
-        let mut awaiting_subacks = 0;
+        let mut awaiting_suback = false;
         loop {
             let polled = tokio::select! {
                 biased;
@@ -653,20 +559,18 @@ impl Driver {
                 polled = self.connection.poll() => polled,
             };
             let next = match polled {
-                Ok(Event::ConnAck { broker_max_packet, window, subscription_ids }) => {
+                Ok(Event::ConnAck { broker_max_packet, window }) => {
                     connected = true;
                     let renewed = self.window.renewal == Renewal::Reconnecting;
                     self.window = Window::new(window.unwrap_or(self.window.size));
-                    awaiting_subacks =
-                        self.on_connack(broker_max_packet, renewed, subscription_ids);
+                    awaiting_suback = self.on_connack(broker_max_packet, renewed);
                     Next::Continue
                 }
                 Ok(Event::SubAck { refused }) => {
                     self.on_suback(&refused);
-                    if awaiting_subacks == 1 {
+                    if std::mem::take(&mut awaiting_suback) {
                         self.link.send_replace(MqttLinkState::Connected);
                     }
-                    awaiting_subacks = awaiting_subacks.saturating_sub(1);
                     Next::Continue
                 }
                 Ok(Event::UnsubAck) => {
@@ -683,7 +587,7 @@ impl Driver {
                     if holds_window_slot && connected && self.window.slot_held() {
                         if self.renew_connection() {
                             connected = false;
-                            awaiting_subacks = 0;
+                            awaiting_suback = false;
                             self.on_error("dropped to free the in-flight window".into(), true).await
                         } else {
                             Next::Continue
@@ -703,7 +607,7 @@ impl Driver {
                 Ok(Event::Other) => Next::Continue,
                 Err(failure) => {
                     let was_connected = std::mem::replace(&mut connected, false);
-                    awaiting_subacks = 0;
+                    awaiting_suback = false;
                     if failure.oversized_incoming {
                         self.on_oversized_incoming(&failure.reason);
                     }
@@ -746,12 +650,7 @@ impl Driver {
 
     /// Renews the session: subscriptions, `online`, then the offline queue,
     /// in that order. Returns whether a SUBACK is awaited.
-    fn on_connack(
-        &mut self,
-        broker_max_packet: Option<usize>,
-        renewed: bool,
-        subscription_ids: bool,
-    ) -> usize {
+    fn on_connack(&mut self, broker_max_packet: Option<usize>, renewed: bool) -> bool {
         self.backoff.reset();
         crate::stats::bump(&self.shared.stats.connections);
         if renewed {
@@ -772,16 +671,25 @@ impl Driver {
         }
         if outbox.closing {
             self.shared.close(&mut outbox);
-            return 0;
+            return false;
         }
-        let awaiting_subacks = self.shared.subscribe_all(subscription_ids);
+        let awaiting_suback = match self.shared.subscribe_all() {
+            None => false,
+            Some(queued) => {
+                if !queued {
+                    crate::stats::bump(&self.shared.stats.subscribe_failures);
+                    tracing::warn!(broker = %self.broker, "MQTT SUBSCRIBE could not be queued");
+                }
+                queued
+            }
+        };
         self.shared.announce(&mut outbox, ONLINE);
         self.shared.flush(&mut outbox);
         drop(outbox);
-        if awaiting_subacks == 0 {
+        if !awaiting_suback {
             self.link.send_replace(MqttLinkState::Connected);
         }
-        awaiting_subacks
+        awaiting_suback
     }
 
     /// Ends the connection so that the next one frees the window (see
@@ -809,7 +717,7 @@ impl Driver {
     /// Names and counts the filters the broker refused in the oldest
     /// SUBSCRIBE still awaiting its SUBACK.
     fn on_suback(&mut self, refused: &[usize]) {
-        let filters = self.shared.subscriptions().subscribe_answered(refused);
+        let filters = self.shared.subscriptions().subacks.pop_front().unwrap_or_default();
         for &index in refused {
             crate::stats::bump(&self.shared.stats.subscribe_failures);
             let filter = filters.get(index).map_or("?", String::as_str);
@@ -832,14 +740,6 @@ impl Driver {
                     "MQTT message over max_packet_bytes dropped"
                 );
             }
-            return;
-        }
-        let sent_for = publish.subscription_ids();
-        if !sent_for.is_empty()
-            && !publish.retain()
-            && self.shared.subscriptions().is_extra_copy(&topic, sent_for)
-        {
-            crate::stats::bump(&stats.overlap_copies);
             return;
         }
         if self.shared.outbox().take_echo(&topic, payload, Instant::now()) {
@@ -969,70 +869,7 @@ mod tests {
             subacks: VecDeque::new(),
             unanswered_unsubscribes: unanswered.iter().map(|f| (*f).into()).collect(),
             unsubscribe_on_connect: Vec::new(),
-            ids: HashMap::new(),
-            use_ids: true,
-            confirmed: HashSet::new(),
         }
-    }
-
-    #[test]
-    fn subscription_ids_are_given_in_order_of_first_use_and_kept() {
-        let mut subscriptions = subscriptions(&[], &[]);
-        assert_eq!(subscriptions.id_for("a/+/c"), Some(1));
-        assert_eq!(subscriptions.id_for("a/b/+"), Some(2));
-        assert_eq!(subscriptions.id_for("a/+/c"), Some(1));
-    }
-
-    #[test]
-    fn the_copy_kept_is_the_one_for_the_oldest_matching_subscription_in_force() {
-        let mut subscriptions = subscriptions(&["a/+/c", "a/b/+"], &[]);
-        subscriptions.id_for("a/+/c");
-        subscriptions.id_for("a/b/+");
-        subscriptions.subacks.push_back(vec!["a/+/c".into()]);
-        subscriptions.subacks.push_back(vec!["a/b/+".into()]);
-        assert!(!subscriptions.is_extra_copy("a/b/c", &[2]), "nothing known in force yet");
-        subscriptions.subscribe_answered(&[]);
-        assert!(subscriptions.is_extra_copy("a/b/c", &[2]), "a/+/c's copy comes too");
-        subscriptions.subscribe_answered(&[]);
-        assert!(subscriptions.is_extra_copy("a/b/c", &[2]));
-        assert!(!subscriptions.is_extra_copy("a/b/c", &[1]));
-        assert!(!subscriptions.is_extra_copy("a/b/c", &[1, 2]), "one copy for both");
-        assert!(!subscriptions.is_extra_copy("a/b/d", &[2]), "only a/b/+ matches");
-        assert!(!subscriptions.is_extra_copy("a/b/c", &[]), "sent without identifiers");
-        subscriptions.use_ids = false;
-        assert!(!subscriptions.is_extra_copy("a/b/c", &[2]));
-    }
-
-    #[test]
-    fn a_filter_subscribed_again_is_not_in_force_until_answered() {
-        let mut subscriptions = subscriptions(&["a/+/c", "a/b/+"], &[]);
-        subscriptions.id_for("a/+/c");
-        subscriptions.id_for("a/b/+");
-        subscriptions.confirmed.extend([1, 2]);
-        let mut config = MqttConfig::new("127.0.0.1", 1);
-        config.protocol = MqttProtocol::V5;
-        let (client, _connection) = protocol::build(
-            &config,
-            Setup { tls: None, password: None, capacity: 4, hard_packet_limit: 1 << 20 },
-        );
-        let again = [Subscription { filter: "a/+/c".into(), qos: QoS::AtLeastOnce }];
-        assert_eq!(subscriptions.subscribe(&client, &again), (1, true));
-        assert!(!subscriptions.is_extra_copy("a/b/c", &[2]), "a/+/c not answered yet");
-        subscriptions.subscribe_answered(&[]);
-        assert!(subscriptions.is_extra_copy("a/b/c", &[2]));
-    }
-
-    #[test]
-    fn a_refused_or_dropped_subscription_is_not_in_force() {
-        let mut subscriptions = subscriptions(&["a/+/c", "a/b/+"], &[]);
-        subscriptions.id_for("a/+/c");
-        subscriptions.id_for("a/b/+");
-        subscriptions.subacks.push_back(vec!["a/+/c".into(), "a/b/+".into()]);
-        let filters = subscriptions.subscribe_answered(&[0]);
-        assert_eq!(filters, ["a/+/c", "a/b/+"]);
-        assert!(!subscriptions.is_extra_copy("a/b/c", &[2]), "the broker refused a/+/c");
-        subscriptions.connection_ended();
-        assert!(subscriptions.confirmed.is_empty());
     }
 
     #[test]
