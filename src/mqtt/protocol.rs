@@ -380,7 +380,9 @@ impl Connection {
     }
 
     /// Ends the connection at once, without a DISCONNECT (so the broker
-    /// publishes the last will); the next `poll` reconnects.
+    /// publishes the last will); the next `poll` reconnects. Whatever is in
+    /// rumqttc's request channel moves to its pending list, for
+    /// `take_unsent`; on a connection already ended that is all it does.
     pub fn drop_now(&mut self) {
         match self {
             Connection::V311(eventloop) => eventloop.clean(),

@@ -311,8 +311,12 @@ impl Shared {
                     unsubscribe_on_connect.push(old.filter.clone());
                 }
             }
-            unsubscribe_on_connect.retain(|filter| !wanted.iter().any(|new| &new.filter == filter));
         }
+        // Wanted again: the next CONNACK subscribes it, and must not
+        // unsubscribe it first.
+        subscriptions
+            .unsubscribe_on_connect
+            .retain(|filter| !wanted.iter().any(|new| &new.filter == filter));
         subscriptions.current = wanted;
     }
 
@@ -787,6 +791,12 @@ impl Driver {
                 // the next one.
                 outbox.close_sent = false;
             }
+            // rumqttc emptied its request channel when the connection
+            // failed, but a handle or a reload may have queued more before
+            // `connected` went false just above: empty it again, so that
+            // nothing of this connection's goes out ahead of the next
+            // CONNACK's SUBSCRIBEs and throws their SUBACKs out of step.
+            self.connection.drop_now();
             let (mut unsent, releases) = self.connection.take_unsent();
             // Counted when the connection they were sent on breaks; a failed
             // attempt after it finds the same PUBRELs still waiting.
