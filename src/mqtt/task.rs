@@ -249,8 +249,10 @@ impl Shared {
         let stale = std::mem::take(&mut subscriptions.unsubscribe_on_connect);
         if !stale.is_empty() && !subscriptions.unsubscribe(&self.client, stale) {
             crate::stats::bump(&self.stats.subscribe_failures);
+            let waiting = &subscriptions.unsubscribe_on_connect;
             tracing::warn!(
-                "MQTT UNSUBSCRIBE of filters dropped while disconnected could not be queued; tried again after the next reconnect"
+                ?waiting,
+                "MQTT UNSUBSCRIBE of filters the broker may still hold could not be queued; tried again after the next reconnect"
             );
         }
         if subscriptions.current.is_empty() {
@@ -291,16 +293,18 @@ impl Shared {
                     tracing::warn!("MQTT SUBSCRIBE could not be queued");
                 }
             }
-            if !removed.is_empty() && !subscriptions.unsubscribe(&self.client, removed.clone()) {
+            let removed_count = removed.len();
+            if !removed.is_empty() && !subscriptions.unsubscribe(&self.client, removed) {
                 crate::stats::bump(&self.stats.subscribe_failures);
+                let waiting = &subscriptions.unsubscribe_on_connect;
                 tracing::warn!(
-                    ?removed,
+                    ?waiting,
                     "MQTT UNSUBSCRIBE could not be queued; tried again after the next reconnect"
                 );
             }
             tracing::info!(
                 added = added.len(),
-                removed = removed.len(),
+                removed = removed_count,
                 "MQTT subscriptions changed on the live connection"
             );
         } else {
