@@ -2,6 +2,8 @@
 //! every other endpoint. Endpoints turn wire formats into [`Message`] and
 //! back; the router only ever sees this.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 /// What kind of name a message arrived under; a route's source names one.
@@ -51,15 +53,31 @@ pub struct Message {
     /// The topic, trigger name, channel, event name, OSC address or MQTT topic.
     pub name: String,
     pub body: Body,
+    /// The MQTT subscription filters this copy was sent for, when the
+    /// broker named them (MQTT 5 Subscription Identifiers): only the routes
+    /// whose own filter is among them take it. A broker sends one copy per
+    /// matching subscription, so each route takes the message once. `None`:
+    /// every matching route takes it.
+    pub sent_for: Option<Box<[Arc<str>]>>,
 }
 
 impl Message {
     pub fn value(source: SourceKind, name: impl Into<String>, value: Value) -> Self {
-        Message { source, name: name.into(), body: Body::Value(value) }
+        Message { source, name: name.into(), body: Body::Value(value), sent_for: None }
     }
 
     pub fn trigger(source: SourceKind, name: impl Into<String>) -> Self {
-        Message { source, name: name.into(), body: Body::Trigger }
+        Message { source, name: name.into(), body: Body::Trigger, sent_for: None }
+    }
+
+    /// Limits the message to the routes of these subscription filters.
+    pub fn sent_for(self, filters: Box<[Arc<str>]>) -> Self {
+        Message { sent_for: Some(filters), ..self }
+    }
+
+    /// Whether a route listening with `filter` takes this copy.
+    pub fn is_for(&self, filter: &str) -> bool {
+        self.sent_for.as_ref().is_none_or(|filters| filters.iter().any(|f| &**f == filter))
     }
 }
 

@@ -88,11 +88,19 @@ impl Bridge {
         }
     }
 
-    async fn next_inbound(&mut self) -> Message {
+    /// The next copy of a message the broker sent, as the endpoint hands
+    /// it on.
+    async fn next_copy(&mut self) -> Message {
         tokio::time::timeout(WAIT, self.inbound.recv())
             .await
             .expect("an inbound message within the wait")
             .expect("the endpoint is alive")
+    }
+
+    /// The next message, less the subscriptions it names (MQTT 5 only;
+    /// the tests of that use [`Self::next_copy`]).
+    async fn next_inbound(&mut self) -> Message {
+        Message { sent_for: None, ..self.next_copy().await }
     }
 
     fn stat(&self, counter: impl Fn(&MqttStats) -> &AtomicU64) -> u64 {
@@ -666,32 +674,77 @@ async fn a_qos_2_handshake_cut_after_pubrel_is_counted_and_resumed_in_a_kept_ses
     assert_eq!(bridge.stat(|s| &s.connections), 2);
 }
 
-async fn overlapping_filters(protocol: MqttProtocol) {
+/// Over MQTT 3.1.1 only `in/#` is subscribed, and Mosquitto sends one
+/// copy; what this checks is that the reduced set of filters still
+/// delivers every message the four filters asked for, once.
+#[tokio::test]
+async fn overlapping_filters_deliver_each_message_once_over_3_1_1() {
     let broker = Mosquitto::start().await;
-    let mut bridge =
-        Bridge::start(config(&broker, protocol, "overlap"), &["in/#", "in/x", "in/+", "in/+/z"]);
+    let filters = ["in/#", "in/x", "in/+", "in/+/z"];
+    let mut bridge = Bridge::start(config(&broker, MqttProtocol::V311, "overlap"), &filters);
     bridge.connected().await;
     mosquitto::publish(broker.port(), "in/x", "1", 1, false).await;
     mosquitto::publish(broker.port(), "in/y/z", "2", 1, false).await;
-    assert_eq!(bridge.next_inbound().await, mqtt("in/x", json!(1)));
-    assert_eq!(bridge.next_inbound().await, mqtt("in/y/z", json!(2)));
+    assert_eq!(bridge.next_copy().await, mqtt("in/x", json!(1)));
+    assert_eq!(bridge.next_copy().await, mqtt("in/y/z", json!(2)));
     let more = tokio::time::timeout(QUIET, bridge.inbound.recv()).await;
     assert!(more.is_err(), "one copy of each, not one per matching filter: {more:?}");
 }
 
-/// Over MQTT 3.1.1 Mosquitto sends one copy anyway; what this checks is
-/// that the reduced set of filters (`in/#` alone) still delivers every
-/// message the four filters asked for.
-#[tokio::test]
-async fn overlapping_filters_deliver_each_message_once_over_3_1_1() {
-    overlapping_filters(MqttProtocol::V311).await;
+/// The filters the copies of one message were sent for, sorted; waits a
+/// quiet spell for late copies.
+async fn copies_of(bridge: &mut Bridge, expected: &Message) -> Vec<String> {
+    let mut named = Vec::new();
+    loop {
+        let copy = match tokio::time::timeout(QUIET, bridge.inbound.recv()).await {
+            Ok(copy) => copy.expect("the endpoint is alive"),
+            Err(_) => break,
+        };
+        let filters = copy.sent_for.clone().expect("an MQTT 5 copy names its subscriptions");
+        assert_eq!(Message { sent_for: None, ..copy }, *expected);
+        named.extend(filters.iter().map(|f| f.to_string()));
+    }
+    named.sort();
+    named
 }
 
-/// Filters that another one covers are not subscribed separately: an
-/// MQTT 5 broker, which sends one copy per matching subscription, sends one.
+/// Over MQTT 5 every filter is a subscription of its own with its own
+/// identifier, covered or overlapping, so that each copy Mosquitto sends
+/// names the filter it came for: each filter's routes take the message
+/// once.
 #[tokio::test]
-async fn overlapping_filters_deliver_each_message_once_over_5() {
-    overlapping_filters(MqttProtocol::V5).await;
+async fn over_5_each_matching_filter_brings_one_copy_that_names_it() {
+    let broker = Mosquitto::start().await;
+    let filters = ["in/#", "in/x", "in/+", "in/+/z", "a/+/c", "a/b/+"];
+    let mut bridge = Bridge::start(config(&broker, MqttProtocol::V5, "overlap"), &filters);
+    bridge.connected().await;
+    mosquitto::publish(broker.port(), "in/x", "1", 1, false).await;
+    assert_eq!(copies_of(&mut bridge, &mqtt("in/x", json!(1))).await, ["in/#", "in/+", "in/x"]);
+    mosquitto::publish(broker.port(), "in/y/z", "2", 1, false).await;
+    assert_eq!(copies_of(&mut bridge, &mqtt("in/y/z", json!(2))).await, ["in/#", "in/+/z"]);
+    mosquitto::publish(broker.port(), "a/b/c", "3", 1, false).await;
+    assert_eq!(copies_of(&mut bridge, &mqtt("a/b/c", json!(3))).await, ["a/+/c", "a/b/+"]);
+    mosquitto::publish(broker.port(), "a/b/d", "4", 1, false).await;
+    assert_eq!(copies_of(&mut bridge, &mqtt("a/b/d", json!(4))).await, ["a/b/+"]);
+}
+
+/// Messages a kept session queued while scbridge was away carry the
+/// identifiers of the previous run. Identifiers follow the filter's text,
+/// not its place in the config, so each copy still names its own filter
+/// after a restart with the routes in another order.
+#[tokio::test]
+async fn copies_queued_in_a_kept_session_name_their_filters_after_a_restart_over_5() {
+    let broker = Mosquitto::start().await;
+    let mut settings = config(&broker, MqttProtocol::V5, "kept-ids");
+    settings.clean_session = false;
+    let bridge = Bridge::start(settings.clone(), &["a/+/c", "a/b/+", "x/#"]);
+    bridge.connected().await;
+    tokio::time::timeout(WAIT, bridge.handle.shutdown()).await.expect("shutdown returns");
+    drop(bridge);
+
+    mosquitto::publish(broker.port(), "a/b/c", "1", 1, false).await;
+    let mut bridge = Bridge::start(settings, &["x/#", "a/b/+", "a/+/c"]);
+    assert_eq!(copies_of(&mut bridge, &mqtt("a/b/c", json!(1))).await, ["a/+/c", "a/b/+"]);
 }
 
 /// A Mosquitto whose ACL lets us write `out/#` and `status/#` only, and an

@@ -584,7 +584,20 @@ impl Router {
         Some(parse_control(command, &value))
     }
 
+    /// A control message that a route's overlapping MQTT subscription also
+    /// brought: the control subscription brings its own copy, which counts.
+    fn is_control_twin(&self, message: &Message) -> bool {
+        let Some(prefix) = self.config.control.mqtt.as_deref() else { return false };
+        message.source == SourceKind::Mqtt
+            && message.sent_for.is_some()
+            && message.name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+            && !message.is_for(&format!("{prefix}/#"))
+    }
+
     fn route(&mut self, message: Message) {
+        if self.is_control_twin(&message) {
+            return;
+        }
         if let Some(command) = self.control_command(&message) {
             match command {
                 Ok(control) => {

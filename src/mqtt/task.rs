@@ -13,7 +13,7 @@
 //! bounded channel, so a full channel never blocks the task that would have
 //! to drain it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::config::{MQTT_MAX_PACKET_BYTES, MqttConfig, MqttProtocol, Password, valid_filter};
+use super::config::{
+    MQTT_MAX_PACKET_BYTES, MqttConfig, MqttProtocol, Password, valid_filter, without_covered,
+};
 use super::outbox::{Outbox, Submitted};
 use super::protocol::{self, Client, Connection, Event, IncomingPublish, Queued, Setup};
 use super::{
@@ -134,12 +136,7 @@ pub(crate) fn spawn(
         max_packet_bytes: config.max_packet_bytes,
         broker_max_packet: AtomicUsize::new(usize::MAX),
         accepting: std::sync::atomic::AtomicBool::new(true),
-        subscriptions: Mutex::new(Subscriptions {
-            current: subscriptions,
-            subacks: VecDeque::new(),
-            unanswered_unsubscribes: VecDeque::new(),
-            unsubscribe_on_connect: Vec::new(),
-        }),
+        subscriptions: Mutex::new(Subscriptions::new(subscriptions)),
     });
     tokio::spawn(close_when_asked(shared.clone(), tokens.clone()));
     let driver = Driver {
@@ -182,8 +179,24 @@ pub(crate) struct Shared {
 /// The subscriptions in force (renewed after every CONNACK), and the
 /// filters of each SUBSCRIBE awaiting its SUBACK, oldest first, so that a
 /// refusal can be named.
+///
+/// An MQTT 5 broker sends one copy of a message per matching subscription.
+/// Where it takes Subscription Identifiers, every filter the routes want is
+/// subscribed on its own with an identifier, and each copy goes only to the
+/// routes of the filters it names (see [`Message::sent_for`]): every route
+/// takes a message once, even from filters that overlap (`a/+/c` and
+/// `a/b/+`). Elsewhere a filter another one covers is left out, so a
+/// message matches one subscription unless two overlap without either
+/// covering the other.
 struct Subscriptions {
+    /// What the routes want, one entry per filter.
+    wanted: Vec<Subscription>,
+    /// What is subscribed: `wanted`, less covered filters unless `use_ids`.
     current: Vec<Subscription>,
+    /// The broker of the last CONNACK takes Subscription Identifiers.
+    use_ids: bool,
+    /// The identifier of each filter in `current` that has one.
+    ids: HashMap<usize, Arc<str>>,
     subacks: VecDeque<Vec<String>>,
     /// Filters whose UNSUBSCRIBE rumqttc took and the broker has not
     /// answered yet, oldest first (the broker answers in order).
@@ -194,7 +207,93 @@ struct Subscriptions {
     unsubscribe_on_connect: Vec<String>,
 }
 
+/// The largest Subscription Identifier MQTT 5 allows.
+const MAX_SUBSCRIPTION_ID: u64 = 268_435_455;
+
+/// A filter's Subscription Identifier: a hash of its text (FNV-1a), the
+/// same in every run, so that messages a kept session queued under the
+/// previous run's identifiers still name the right filter.
+fn subscription_id(filter: &str) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in filter.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Below 2^28, so it fits any usize.
+    (hash % MAX_SUBSCRIPTION_ID) as usize + 1
+}
+
+/// What to subscribe for what the routes want (see [`Subscriptions`]).
+fn to_subscribe(wanted: &[Subscription], use_ids: bool) -> Vec<Subscription> {
+    if use_ids { wanted.to_vec() } else { without_covered(wanted.to_vec()) }
+}
+
 impl Subscriptions {
+    fn new(wanted: Vec<Subscription>) -> Self {
+        Subscriptions {
+            current: to_subscribe(&wanted, false),
+            wanted,
+            use_ids: false,
+            ids: HashMap::new(),
+            subacks: VecDeque::new(),
+            unanswered_unsubscribes: VecDeque::new(),
+            unsubscribe_on_connect: Vec::new(),
+        }
+    }
+
+    /// Makes `subscribed` the subscriptions in force and gives each filter
+    /// its identifier. Of two filters with the same one (about one pair in
+    /// a million among a thousand filters) the second goes without: its
+    /// copies reach every matching route, as over MQTT 3.1.1.
+    fn set_current(&mut self, subscribed: Vec<Subscription>) {
+        self.ids.clear();
+        if self.use_ids {
+            for subscription in &subscribed {
+                self.ids
+                    .entry(subscription_id(&subscription.filter))
+                    .or_insert_with(|| subscription.filter.as_str().into());
+            }
+        }
+        self.current = subscribed;
+    }
+
+    /// The identifier `filter` is subscribed with, if any.
+    fn id_of(&self, filter: &str) -> Option<usize> {
+        let id = subscription_id(filter);
+        self.ids.get(&id).is_some_and(|f| &**f == filter).then_some(id)
+    }
+
+    /// The filters a copy was sent for, from its identifiers; `None` when
+    /// it has none or one is not ours now (a filter just unsubscribed, or
+    /// one a kept session still holds from an earlier run): such a copy
+    /// reaches every matching route.
+    fn sent_for(&self, ids: &[usize]) -> Option<Box<[Arc<str>]>> {
+        if ids.is_empty() {
+            return None;
+        }
+        ids.iter().map(|id| self.ids.get(id).cloned()).collect()
+    }
+
+    /// Queues the SUBSCRIBEs for `subscriptions`: one per filter with its
+    /// identifier, or one for all of them when the broker takes no
+    /// identifiers. Returns how many rumqttc took, and whether it took all.
+    fn subscribe(&mut self, client: &Client, subscriptions: &[Subscription]) -> (usize, bool) {
+        let batches: Vec<(&[Subscription], Option<usize>)> = if self.use_ids {
+            subscriptions.iter().map(|s| (std::slice::from_ref(s), self.id_of(&s.filter))).collect()
+        } else {
+            vec![(subscriptions, None)]
+        };
+        let mut queued = 0;
+        for (batch, id) in batches.into_iter().filter(|(batch, _)| !batch.is_empty()) {
+            if !client.try_subscribe(batch, id) {
+                return (queued, false);
+            }
+            self.subacks.push_back(batch.iter().map(|s| s.filter.clone()).collect());
+            queued += 1;
+        }
+        (queued, true)
+    }
+
     /// Sends one UNSUBSCRIBE per filter; those the channel cannot take wait
     /// for the next CONNACK. Returns whether all were queued.
     fn unsubscribe(&mut self, client: &Client, filters: Vec<String>) -> bool {
@@ -240,12 +339,25 @@ impl Shared {
         self.subscriptions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Subscribes everything, after a CONNACK: `None` when there is
-    /// nothing to subscribe, else whether the SUBSCRIBE was queued. The
-    /// caller holds the outbox.
-    fn subscribe_all(&self) -> Option<bool> {
+    /// Subscribes everything, after a CONNACK whose broker does or does
+    /// not take Subscription Identifiers. Returns how many SUBACKs to wait
+    /// for. The caller holds the outbox.
+    fn subscribe_all(&self, use_ids: bool) -> usize {
         let mut subscriptions = self.subscriptions();
         subscriptions.subacks.clear();
+        subscriptions.use_ids = use_ids;
+        let subscribed = to_subscribe(&subscriptions.wanted, use_ids);
+        // A broker that changed its mind about identifiers: a kept session
+        // still holds what the previous connection subscribed.
+        let Subscriptions { current, unsubscribe_on_connect, .. } = &mut *subscriptions;
+        for old in current.iter() {
+            let kept = subscribed.iter().any(|new| new.filter == old.filter);
+            if !kept && !unsubscribe_on_connect.contains(&old.filter) {
+                unsubscribe_on_connect.push(old.filter.clone());
+            }
+        }
+        unsubscribe_on_connect.retain(|filter| !subscribed.iter().any(|s| &s.filter == filter));
+        subscriptions.set_current(subscribed);
         let stale = std::mem::take(&mut subscriptions.unsubscribe_on_connect);
         if !stale.is_empty() && !subscriptions.unsubscribe(&self.client, stale) {
             crate::stats::bump(&self.stats.subscribe_failures);
@@ -255,15 +367,17 @@ impl Shared {
                 "MQTT UNSUBSCRIBE of filters the broker may still hold could not be queued; tried again after the next reconnect"
             );
         }
-        if subscriptions.current.is_empty() {
-            return None;
+        let all = subscriptions.current.clone();
+        let (queued, complete) = subscriptions.subscribe(&self.client, &all);
+        if !complete {
+            crate::stats::bump(&self.stats.subscribe_failures);
+            tracing::warn!(
+                queued,
+                of = all.len(),
+                "MQTT SUBSCRIBE could not be queued; tried again after the next reconnect"
+            );
         }
-        let queued = self.client.try_subscribe(&subscriptions.current);
-        if queued {
-            let filters = subscriptions.current.iter().map(|s| s.filter.clone()).collect();
-            subscriptions.subacks.push_back(filters);
-        }
-        Some(queued)
+        queued
     }
 
     /// Replaces the subscriptions. On a live connection only the
@@ -272,26 +386,23 @@ impl Shared {
     pub(crate) fn set_subscriptions(&self, wanted: Vec<Subscription>) {
         let outbox = self.outbox();
         let mut subscriptions = self.subscriptions();
+        let subscribed = to_subscribe(&wanted, subscriptions.use_ids);
+        let old = std::mem::take(&mut subscriptions.current);
+        let removed: Vec<String> = old
+            .iter()
+            .filter(|old| !subscribed.iter().any(|new| new.filter == old.filter))
+            .map(|old| old.filter.clone())
+            .collect();
+        let added: Vec<Subscription> =
+            subscribed.iter().filter(|new| !old.contains(new)).cloned().collect();
+        subscriptions.wanted = wanted;
+        subscriptions.set_current(subscribed);
         if outbox.connected && !outbox.closing {
-            let current = &subscriptions.current;
-            let removed: Vec<String> = current
-                .iter()
-                .filter(|old| !wanted.iter().any(|new| new.filter == old.filter))
-                .map(|old| old.filter.clone())
-                .collect();
-            let added: Vec<Subscription> =
-                wanted.iter().filter(|new| !current.contains(new)).cloned().collect();
             // SUBSCRIBE first: when `a/#` gives way to `a/b`, the broker
             // must never be without a filter for `a/b`.
-            if !added.is_empty() {
-                if self.client.try_subscribe(&added) {
-                    subscriptions
-                        .subacks
-                        .push_back(added.iter().map(|s| s.filter.clone()).collect());
-                } else {
-                    crate::stats::bump(&self.stats.subscribe_failures);
-                    tracing::warn!("MQTT SUBSCRIBE could not be queued");
-                }
+            if !subscriptions.subscribe(&self.client, &added).1 {
+                crate::stats::bump(&self.stats.subscribe_failures);
+                tracing::warn!("MQTT SUBSCRIBE could not be queued");
             }
             let removed_count = removed.len();
             if !removed.is_empty() && !subscriptions.unsubscribe(&self.client, removed) {
@@ -308,20 +419,16 @@ impl Shared {
                 "MQTT subscriptions changed on the live connection"
             );
         } else {
-            let Subscriptions { current, unsubscribe_on_connect, .. } = &mut *subscriptions;
-            for old in current.iter() {
-                let kept = wanted.iter().any(|new| new.filter == old.filter);
-                if !kept && !unsubscribe_on_connect.contains(&old.filter) {
-                    unsubscribe_on_connect.push(old.filter.clone());
+            for filter in removed {
+                if !subscriptions.unsubscribe_on_connect.contains(&filter) {
+                    subscriptions.unsubscribe_on_connect.push(filter);
                 }
             }
         }
         // Wanted again: the next CONNACK subscribes it, and must not
         // unsubscribe it first.
-        subscriptions
-            .unsubscribe_on_connect
-            .retain(|filter| !wanted.iter().any(|new| &new.filter == filter));
-        subscriptions.current = wanted;
+        let Subscriptions { current, unsubscribe_on_connect, .. } = &mut *subscriptions;
+        unsubscribe_on_connect.retain(|filter| !current.iter().any(|s| &s.filter == filter));
     }
 
     /// Takes a message from a handle, on the caller's task: published at once
@@ -555,7 +662,8 @@ impl Driver {
 
     async fn drive(mut self) {
         let mut connected = false;
-        let mut awaiting_suback = false;
+        // SUBACKs still to come for the SUBSCRIBEs of the last CONNACK.
+        let mut awaiting_subacks = 0;
         loop {
             let polled = tokio::select! {
                 biased;
@@ -567,18 +675,20 @@ impl Driver {
                 polled = self.connection.poll() => polled,
             };
             let next = match polled {
-                Ok(Event::ConnAck { broker_max_packet, window }) => {
+                Ok(Event::ConnAck { broker_max_packet, window, subscription_ids }) => {
                     connected = true;
                     let renewed = self.window.renewal == Renewal::Reconnecting;
                     self.window = Window::new(window.unwrap_or(self.window.size));
-                    awaiting_suback = self.on_connack(broker_max_packet, renewed);
+                    awaiting_subacks =
+                        self.on_connack(broker_max_packet, renewed, subscription_ids);
                     Next::Continue
                 }
                 Ok(Event::SubAck { refused }) => {
                     self.on_suback(&refused);
-                    if std::mem::take(&mut awaiting_suback) {
+                    if awaiting_subacks == 1 {
                         self.link.send_replace(MqttLinkState::Connected);
                     }
+                    awaiting_subacks = awaiting_subacks.saturating_sub(1);
                     Next::Continue
                 }
                 Ok(Event::UnsubAck) => {
@@ -595,7 +705,7 @@ impl Driver {
                     if holds_window_slot && connected && self.window.slot_held() {
                         if self.renew_connection() {
                             connected = false;
-                            awaiting_suback = false;
+                            awaiting_subacks = 0;
                             self.on_error("dropped to free the in-flight window".into(), true).await
                         } else {
                             Next::Continue
@@ -615,7 +725,7 @@ impl Driver {
                 Ok(Event::Other) => Next::Continue,
                 Err(failure) => {
                     let was_connected = std::mem::replace(&mut connected, false);
-                    awaiting_suback = false;
+                    awaiting_subacks = 0;
                     if failure.oversized_incoming {
                         self.on_oversized_incoming(&failure.reason);
                     }
@@ -657,8 +767,13 @@ impl Driver {
     }
 
     /// Renews the session: subscriptions, `online`, then the offline queue,
-    /// in that order. Returns whether a SUBACK is awaited.
-    fn on_connack(&mut self, broker_max_packet: Option<usize>, renewed: bool) -> bool {
+    /// in that order. Returns how many SUBACKs are awaited.
+    fn on_connack(
+        &mut self,
+        broker_max_packet: Option<usize>,
+        renewed: bool,
+        subscription_ids: bool,
+    ) -> usize {
         self.backoff.reset();
         crate::stats::bump(&self.shared.stats.connections);
         if renewed {
@@ -679,25 +794,16 @@ impl Driver {
         }
         if outbox.closing {
             self.shared.close(&mut outbox);
-            return false;
+            return 0;
         }
-        let awaiting_suback = match self.shared.subscribe_all() {
-            None => false,
-            Some(queued) => {
-                if !queued {
-                    crate::stats::bump(&self.shared.stats.subscribe_failures);
-                    tracing::warn!(broker = %self.broker, "MQTT SUBSCRIBE could not be queued");
-                }
-                queued
-            }
-        };
+        let awaiting_subacks = self.shared.subscribe_all(subscription_ids);
         self.shared.announce(&mut outbox, ONLINE);
         self.shared.flush(&mut outbox);
         drop(outbox);
-        if !awaiting_suback {
+        if awaiting_subacks == 0 {
             self.link.send_replace(MqttLinkState::Connected);
         }
-        awaiting_suback
+        awaiting_subacks
     }
 
     /// Ends the connection so that the next one frees the window (see
@@ -755,7 +861,14 @@ impl Driver {
             return;
         }
         crate::stats::bump(&stats.messages_in);
-        let message = Message::value(SourceKind::Mqtt, topic.as_ref(), payload::decode(payload));
+        let mut message =
+            Message::value(SourceKind::Mqtt, topic.as_ref(), payload::decode(payload));
+        let ids = publish.subscription_ids();
+        if !ids.is_empty()
+            && let Some(filters) = self.shared.subscriptions().sent_for(ids)
+        {
+            message = message.sent_for(filters);
+        }
         match self.inbound.try_send(message) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(message)) => {
@@ -874,16 +987,66 @@ mod tests {
         assert_eq!(packet_size("a/b", b"12345"), 3 + 5 + PUBLISH_OVERHEAD);
     }
 
+    fn wanted(filters: &[&str]) -> Vec<Subscription> {
+        filters
+            .iter()
+            .map(|f| Subscription { filter: (*f).into(), qos: QoS::AtLeastOnce })
+            .collect()
+    }
+
     fn subscriptions(current: &[&str], unanswered: &[&str]) -> Subscriptions {
-        Subscriptions {
-            current: current
-                .iter()
-                .map(|f| Subscription { filter: (*f).into(), qos: QoS::AtLeastOnce })
-                .collect(),
-            subacks: VecDeque::new(),
-            unanswered_unsubscribes: unanswered.iter().map(|f| (*f).into()).collect(),
-            unsubscribe_on_connect: Vec::new(),
+        let mut subscriptions = Subscriptions::new(wanted(current));
+        subscriptions.unanswered_unsubscribes = unanswered.iter().map(|f| (*f).into()).collect();
+        subscriptions
+    }
+
+    fn filters(subscriptions: &[Subscription]) -> Vec<&str> {
+        subscriptions.iter().map(|s| s.filter.as_str()).collect()
+    }
+
+    #[test]
+    fn with_identifiers_every_filter_is_subscribed_without_them_covered_ones_are_left_out() {
+        let wanted = wanted(&["in/#", "in/x", "a/+/c", "a/b/+"]);
+        assert_eq!(filters(&to_subscribe(&wanted, true)), ["in/#", "in/x", "a/+/c", "a/b/+"]);
+        assert_eq!(filters(&to_subscribe(&wanted, false)), ["in/#", "a/+/c", "a/b/+"]);
+    }
+
+    #[test]
+    fn a_copy_names_the_filters_of_its_identifiers() {
+        let mut subscriptions = Subscriptions::new(Vec::new());
+        subscriptions.use_ids = true;
+        subscriptions.set_current(wanted(&["a/+/c", "a/b/+"]));
+        let id = |filter| subscriptions.id_of(filter).expect("subscribed with an identifier");
+        let (first, second) = (id("a/+/c"), id("a/b/+"));
+        assert_ne!(first, second);
+        let named = subscriptions.sent_for(&[second]).expect("known");
+        assert_eq!(named.iter().map(|f| &**f).collect::<Vec<_>>(), ["a/b/+"]);
+        let both = subscriptions.sent_for(&[first, second]).expect("known");
+        assert_eq!(both.len(), 2);
+        assert!(subscriptions.sent_for(&[]).is_none(), "no identifier: every route");
+        let stale = subscription_id("gone/#");
+        assert!(subscriptions.sent_for(&[first, stale]).is_none(), "not ours now: every route");
+    }
+
+    #[test]
+    fn identifiers_are_the_same_in_every_run_and_within_the_protocol_range() {
+        assert_eq!(subscription_id("a/+/c"), subscription_id("a/+/c"));
+        assert_ne!(subscription_id("a/+/c"), subscription_id("a/b/+"));
+        for filter in ["", "#", "a/+/c", "$share/g/x/#", &"x".repeat(70_000)] {
+            let id = subscription_id(filter);
+            assert!((1..=268_435_455).contains(&id), "{id} for {filter:.10}");
         }
+        // Pinned: a kept session holds identifiers from the previous run,
+        // perhaps of an older scbridge.
+        assert_eq!(subscription_id("sensors/+/temp"), 100_602_684);
+    }
+
+    #[test]
+    fn without_identifiers_no_copy_is_limited() {
+        let mut subscriptions = Subscriptions::new(Vec::new());
+        subscriptions.set_current(wanted(&["a/+/c"]));
+        assert_eq!(subscriptions.id_of("a/+/c"), None);
+        assert!(subscriptions.sent_for(&[subscription_id("a/+/c")]).is_none());
     }
 
     #[test]
