@@ -53,12 +53,23 @@ pub struct Message {
     /// The topic, trigger name, channel, event name, OSC address or MQTT topic.
     pub name: String,
     pub body: Body,
-    /// The MQTT subscription filters this copy was sent for, when the
-    /// broker named them (MQTT 5 Subscription Identifiers): only the routes
-    /// whose own filter is among them take it. A broker sends one copy per
-    /// matching subscription, so each route takes the message once. `None`:
-    /// every matching route takes it.
-    pub sent_for: Option<Box<[Arc<str>]>>,
+    /// The MQTT subscriptions this copy was sent for, when the broker
+    /// named them (MQTT 5 Subscription Identifiers). `None`: every matching
+    /// route takes it.
+    pub sent_for: Option<SentFor>,
+}
+
+/// The MQTT subscription filters a copy of a message was sent for. A
+/// broker sends one copy per matching subscription, so when only the
+/// routes listening with one of these filters take the copy, each route
+/// takes the message once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentFor {
+    pub filters: Box<[Arc<str>]>,
+    /// The endpoint's set of subscriptions the filters were named under. A
+    /// copy named under an earlier set (before a reload changed it) goes to
+    /// every matching route: the routes it was named for may be gone.
+    pub generation: u64,
 }
 
 impl Message {
@@ -71,13 +82,13 @@ impl Message {
     }
 
     /// Limits the message to the routes of these subscription filters.
-    pub fn sent_for(self, filters: Box<[Arc<str>]>) -> Self {
-        Message { sent_for: Some(filters), ..self }
+    pub fn sent_for(self, sent_for: SentFor) -> Self {
+        Message { sent_for: Some(sent_for), ..self }
     }
 
     /// Whether a route listening with `filter` takes this copy.
     pub fn is_for(&self, filter: &str) -> bool {
-        self.sent_for.as_ref().is_none_or(|filters| filters.iter().any(|f| &**f == filter))
+        self.sent_for.as_ref().is_none_or(|sent| sent.filters.iter().any(|f| &**f == filter))
     }
 }
 

@@ -472,6 +472,13 @@ async fn everything_until_quiet(td: &support::udp::OscReceiver) -> Vec<OscMessag
     all
 }
 
+/// Waits until MQTT copies name only their own filters again, a few
+/// seconds after the last SUBACK (MQTT 5).
+async fn settled(running: &Running) {
+    let mqtt = running.mqtt().expect("mqtt");
+    wait_until(|| !mqtt.settling(), WAIT, "the new subscriptions settled").await;
+}
+
 fn float(addr: &str, value: f32) -> OscMessage {
     OscMessage { addr: addr.into(), args: vec![OscType::Float(value)] }
 }
@@ -497,6 +504,7 @@ to = [{ osc = "/exact" }]
 "#,
         )
         .await;
+    settled(&running).await;
     mosquitto::publish(peers.broker.port(), "a/b/c", "1", 1, false).await;
     mosquitto::publish(peers.broker.port(), "a/x/c", "2", 1, false).await;
     assert_eq!(
@@ -538,6 +546,7 @@ to = [{ osc = "/asked" }]
 "#,
         )
         .await;
+    settled(&running).await;
     mosquitto::publish(peers.broker.port(), "a/b/c", "1", 1, false).await;
     assert_eq!(peers.td.next(WAIT).await, float("/room", 1.0));
     mosquitto::publish(peers.broker.port(), "ctl/resend", "1", 1, false).await;
@@ -555,6 +564,7 @@ async fn a_route_added_under_a_subscribed_filter_gets_its_retained_value_over_5(
     let all =
         "\n[[route]]\nname = \"all\"\nfrom = { mqtt = \"in/#\" }\nto = [{ osc = \"/all\" }]\n";
     let running = peers.bridge_over("5", all).await;
+    settled(&running).await;
     mosquitto::publish(peers.broker.port(), "in/x", "5", 1, true).await;
     assert_eq!(peers.td.next(WAIT).await, float("/all", 5.0));
 
@@ -565,7 +575,75 @@ async fn a_route_added_under_a_subscribed_filter_gets_its_retained_value_over_5(
     assert!(!report.mqtt_restarted, "{report:?}");
     assert_eq!(everything_until_quiet(&peers.td).await, [float("/x", 5.0)]);
 
+    settled(&running).await;
     mosquitto::publish(peers.broker.port(), "in/x", "6", 1, false).await;
     assert_eq!(everything_until_quiet(&peers.td).await, [float("/all", 6.0), float("/x", 6.0)]);
     running.stop().await;
+}
+
+/// A route whose filter reloads keep changing (`a/+/c`, `a/b/+`, both
+/// matching the stream's topic) loses nothing of a steady stream: a copy
+/// named for the old filter, or sent before the new one took hold, still
+/// reaches it.
+async fn a_route_moved_between_overlapping_filters_loses_nothing(protocol: &str) {
+    const MESSAGES: usize = 600;
+    let peers = Peers::start().await;
+    let route = |filter: &str| {
+        format!(
+            "\n[[route]]\nname = \"r\"\nfrom = {{ mqtt = \"{filter}\", qos = 1 }}\nto = [{{ osc = \"/r\" }}]\n"
+        )
+    };
+    let running = peers.bridge_over(protocol, &route("a/+/c")).await;
+    let port = peers.broker.port();
+    let stream = tokio::spawn(async move {
+        for n in 0..MESSAGES {
+            mosquitto::publish(port, "a/b/c", n.to_string(), 1, false).await;
+        }
+    });
+    let streaming = std::sync::atomic::AtomicBool::new(true);
+    let reload_while_streaming = async {
+        let mut reloads = 0;
+        while !stream.is_finished() {
+            let filter = if reloads % 2 == 0 { "a/b/+" } else { "a/+/c" };
+            let config =
+                Config::from_toml(&peers.config_over(protocol, &route(filter)), "test.toml")
+                    .expect("valid");
+            running.reload(config).await;
+            reloads += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        streaming.store(false, std::sync::atomic::Ordering::Relaxed);
+        reloads
+    };
+    // Read as it comes: the socket's buffer holds only a few hundred.
+    let read_until_quiet = async {
+        let mut seen = vec![false; MESSAGES];
+        loop {
+            match peers.td.try_next(Duration::from_secs(1)).await {
+                Some(message) => {
+                    if let [OscType::Float(n)] = message.args[..] {
+                        seen[n as usize] = true;
+                    }
+                }
+                None if !streaming.load(std::sync::atomic::Ordering::Relaxed) => break seen,
+                None => {}
+            }
+        }
+    };
+    let (reloads, seen) = tokio::join!(reload_while_streaming, read_until_quiet);
+    stream.await.expect("the stream was published");
+    let missing: Vec<usize> = (0..MESSAGES).filter(|&n| !seen[n]).collect();
+    assert!(reloads > 5, "the stream outlasted a few reloads ({reloads})");
+    assert_eq!(missing, Vec::<usize>::new(), "lost over {reloads} reloads");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_moved_between_overlapping_filters_loses_nothing_over_3_1_1() {
+    a_route_moved_between_overlapping_filters_loses_nothing("3.1.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_moved_between_overlapping_filters_loses_nothing_over_5() {
+    a_route_moved_between_overlapping_filters_loses_nothing("5").await;
 }

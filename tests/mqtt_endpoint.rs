@@ -69,6 +69,18 @@ impl Bridge {
         self.state(|s| *s == MqttLinkState::Connected).await;
     }
 
+    /// Waits until copies name only their own filters again (a few seconds
+    /// after the last SUBACK).
+    async fn settled(&self) {
+        let settled = tokio::time::timeout(WAIT, async {
+            while self.handle.settling() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(settled.is_ok(), "still settling after {WAIT:?}");
+    }
+
     async fn disconnected(&self) -> MqttLinkState {
         self.state(|s| matches!(s, MqttLinkState::Disconnected { .. })).await
     }
@@ -691,21 +703,26 @@ async fn overlapping_filters_deliver_each_message_once_over_3_1_1() {
     assert!(more.is_err(), "one copy of each, not one per matching filter: {more:?}");
 }
 
-/// The filters the copies of one message were sent for, sorted; waits a
+/// The filters each copy of one message names, the copies sorted; waits a
 /// quiet spell for late copies.
-async fn copies_of(bridge: &mut Bridge, expected: &Message) -> Vec<String> {
-    let mut named = Vec::new();
+async fn copies_of(bridge: &mut Bridge, expected: &Message) -> Vec<Vec<String>> {
+    let mut copies = Vec::new();
     loop {
         let copy = match tokio::time::timeout(QUIET, bridge.inbound.recv()).await {
             Ok(copy) => copy.expect("the endpoint is alive"),
             Err(_) => break,
         };
-        let filters = copy.sent_for.clone().expect("an MQTT 5 copy names its subscriptions");
+        let sent_for = copy.sent_for.clone().expect("an MQTT 5 copy names its subscriptions");
         assert_eq!(Message { sent_for: None, ..copy }, *expected);
-        named.extend(filters.iter().map(|f| f.to_string()));
+        copies.push(sent_for.filters.iter().map(|f| f.to_string()).collect::<Vec<_>>());
     }
-    named.sort();
-    named
+    copies.sort();
+    copies
+}
+
+/// Each copy names exactly one filter.
+fn one_each(filters: &[&str]) -> Vec<Vec<String>> {
+    filters.iter().map(|f| vec![(*f).to_owned()]).collect()
 }
 
 /// Over MQTT 5 every filter is a subscription of its own with its own
@@ -718,14 +735,56 @@ async fn over_5_each_matching_filter_brings_one_copy_that_names_it() {
     let filters = ["in/#", "in/x", "in/+", "in/+/z", "a/+/c", "a/b/+"];
     let mut bridge = Bridge::start(config(&broker, MqttProtocol::V5, "overlap"), &filters);
     bridge.connected().await;
+    bridge.settled().await;
     mosquitto::publish(broker.port(), "in/x", "1", 1, false).await;
-    assert_eq!(copies_of(&mut bridge, &mqtt("in/x", json!(1))).await, ["in/#", "in/+", "in/x"]);
+    let copies = copies_of(&mut bridge, &mqtt("in/x", json!(1))).await;
+    assert_eq!(copies, one_each(&["in/#", "in/+", "in/x"]));
     mosquitto::publish(broker.port(), "in/y/z", "2", 1, false).await;
-    assert_eq!(copies_of(&mut bridge, &mqtt("in/y/z", json!(2))).await, ["in/#", "in/+/z"]);
+    let copies = copies_of(&mut bridge, &mqtt("in/y/z", json!(2))).await;
+    assert_eq!(copies, one_each(&["in/#", "in/+/z"]));
     mosquitto::publish(broker.port(), "a/b/c", "3", 1, false).await;
-    assert_eq!(copies_of(&mut bridge, &mqtt("a/b/c", json!(3))).await, ["a/+/c", "a/b/+"]);
+    let copies = copies_of(&mut bridge, &mqtt("a/b/c", json!(3))).await;
+    assert_eq!(copies, one_each(&["a/+/c", "a/b/+"]));
     mosquitto::publish(broker.port(), "a/b/d", "4", 1, false).await;
-    assert_eq!(copies_of(&mut bridge, &mqtt("a/b/d", json!(4))).await, ["a/b/+"]);
+    assert_eq!(copies_of(&mut bridge, &mqtt("a/b/d", json!(4))).await, one_each(&["a/b/+"]));
+}
+
+/// Over MQTT 5 every filter is a SUBSCRIBE of its own. Eleven hundred of
+/// them, more than rumqttc's request channel holds, are all subscribed,
+/// and `online` still goes out.
+#[tokio::test]
+async fn eleven_hundred_filters_are_all_subscribed_and_online_still_goes_out_over_5() {
+    let broker = Mosquitto::start().await;
+    let filters: Vec<String> = (0..1100).map(|i| format!("many/{i}")).collect();
+    let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
+    let mut bridge = Bridge::start(config(&broker, MqttProtocol::V5, "many"), &filters);
+    bridge.connected().await;
+    let mut watcher = mosquitto::subscribe(broker.port(), &bridge.availability).await;
+    assert_eq!(watcher.next_message(WAIT).await, received(&bridge.availability, "online", true));
+    mosquitto::publish(broker.port(), "many/0", "0", 1, false).await;
+    mosquitto::publish(broker.port(), "many/1099", "1", 1, false).await;
+    assert_eq!(bridge.next_inbound().await, mqtt("many/0", json!(0)));
+    assert_eq!(bridge.next_inbound().await, mqtt("many/1099", json!(1)));
+    assert_eq!(bridge.stat(|s| &s.subscribe_failures), 0);
+}
+
+/// Until a while after its SUBACK, a new filter is also named on the
+/// copies other filters bring: the broker sends it no copy of a message
+/// published before it took the SUBSCRIBE, and such copies may still come.
+#[tokio::test]
+async fn right_after_subscribing_a_copy_also_names_the_new_filters_that_match_it_over_5() {
+    let broker = Mosquitto::start().await;
+    let mut bridge =
+        Bridge::start(config(&broker, MqttProtocol::V5, "settling"), &["a/+/c", "a/b/+"]);
+    bridge.connected().await;
+    assert!(bridge.handle.settling());
+    mosquitto::publish(broker.port(), "a/b/c", "1", 1, false).await;
+    let copies = copies_of(&mut bridge, &mqtt("a/b/c", json!(1))).await;
+    assert_eq!(copies, [["a/+/c", "a/b/+"], ["a/b/+", "a/+/c"]], "each names its own first");
+    bridge.settled().await;
+    mosquitto::publish(broker.port(), "a/b/c", "2", 1, false).await;
+    let copies = copies_of(&mut bridge, &mqtt("a/b/c", json!(2))).await;
+    assert_eq!(copies, one_each(&["a/+/c", "a/b/+"]));
 }
 
 /// Messages a kept session queued while scbridge was away carry the
@@ -744,7 +803,11 @@ async fn copies_queued_in_a_kept_session_name_their_filters_after_a_restart_over
 
     mosquitto::publish(broker.port(), "a/b/c", "1", 1, false).await;
     let mut bridge = Bridge::start(settings, &["x/#", "a/b/+", "a/+/c"]);
-    assert_eq!(copies_of(&mut bridge, &mqtt("a/b/c", json!(1))).await, ["a/+/c", "a/b/+"]);
+    let copies = copies_of(&mut bridge, &mqtt("a/b/c", json!(1))).await;
+    // A new endpoint cannot know what the session holds, so each copy also
+    // names the other matching filter for a while; its own comes first.
+    let own: Vec<&str> = copies.iter().map(|named| named[0].as_str()).collect();
+    assert_eq!(own, ["a/+/c", "a/b/+"]);
 }
 
 /// A Mosquitto whose ACL lets us write `out/#` and `status/#` only, and an

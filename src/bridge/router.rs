@@ -594,7 +594,15 @@ impl Router {
             && !message.is_for(&format!("{prefix}/#"))
     }
 
-    fn route(&mut self, message: Message) {
+    fn route(&mut self, mut message: Message) {
+        if let Some(sent_for) = &message.sent_for {
+            let generation = self.mqtt.as_ref().map(|m| m.handle.subscription_generation());
+            if generation != Some(sent_for.generation) {
+                // Named before a reload changed the subscriptions: the
+                // routes it was named for may listen elsewhere now.
+                message.sent_for = None;
+            }
+        }
         if self.is_control_twin(&message) {
             return;
         }

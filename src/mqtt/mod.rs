@@ -252,6 +252,19 @@ impl MqttHandle {
         Ok(())
     }
 
+    /// The set of subscriptions the copies handed on now are named under;
+    /// it changes with every [`set_subscriptions`](Self::set_subscriptions).
+    pub fn subscription_generation(&self) -> u64 {
+        self.inner.shared.subscription_generation()
+    }
+
+    /// Whether copies of messages still also go to the routes of filters
+    /// subscribed in the last few seconds (MQTT 5 with Subscription
+    /// Identifiers): until then a route may take a message twice.
+    pub fn settling(&self) -> bool {
+        self.inner.shared.settling()
+    }
+
     /// Follows the state of the broker connection.
     pub fn link_state(&self) -> watch::Receiver<MqttLinkState> {
         self.inner.link.clone()

@@ -217,6 +217,9 @@ pub(crate) enum Event {
         /// The broker takes Subscription Identifiers: MQTT 5 brokers do
         /// unless their CONNACK says otherwise.
         subscription_ids: bool,
+        /// The broker kept the session of our client id, with its
+        /// subscriptions.
+        session_present: bool,
     },
     Publish(IncomingPublish),
     /// The answer to our oldest UNSUBSCRIBE still unanswered.
@@ -262,10 +265,11 @@ impl Connection {
                     reason: e.to_string(),
                 })?;
                 Ok(match event {
-                    E::Incoming(Packet::ConnAck(_)) => Event::ConnAck {
+                    E::Incoming(Packet::ConnAck(ack)) => Event::ConnAck {
                         broker_max_packet: None,
                         window: None,
                         subscription_ids: false,
+                        session_present: ack.session_present,
                     },
                     E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V311(p)),
                     E::Incoming(Packet::UnsubAck(_)) => Event::UnsubAck,
@@ -308,6 +312,7 @@ impl Connection {
                             subscription_ids: properties
                                 .and_then(|p| p.subscription_identifiers_available)
                                 != Some(0),
+                            session_present: ack.session_present,
                         }
                     }
                     E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V5(p)),

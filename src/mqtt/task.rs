@@ -14,7 +14,7 @@
 //! to drain it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,14 +22,15 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::config::{
-    MQTT_MAX_PACKET_BYTES, MqttConfig, MqttProtocol, Password, valid_filter, without_covered,
+    MQTT_MAX_PACKET_BYTES, MqttConfig, MqttProtocol, Password, covers, valid_filter,
+    without_covered,
 };
 use super::outbox::{Outbox, Submitted};
 use super::protocol::{self, Client, Connection, Event, IncomingPublish, Queued, Setup};
 use super::{
     MqttError, MqttLinkState, MqttOut, MqttStats, OFFLINE, ONLINE, QoS, Subscription, payload,
 };
-use crate::message::{Message, Refused, SourceKind};
+use crate::message::{Message, Refused, SentFor, SourceKind};
 use crate::sc::backoff::{Backoff, ReconnectPolicy};
 
 /// rumqttc ends the connection over a packet above its own limit; above
@@ -197,6 +198,19 @@ struct Subscriptions {
     use_ids: bool,
     /// The identifier of each filter in `current` that has one.
     ids: HashMap<usize, Arc<str>>,
+    /// Which `current` the identifiers of a copy are read against; a new
+    /// one after every change (see [`SentFor::generation`]).
+    generation: u64,
+    /// Filters new to the broker's session, and when their SUBACK came.
+    /// The broker sends no copy for them of a message published before
+    /// it took their SUBSCRIBE, and such copies can still arrive (a kept
+    /// session's backlog comes after the SUBACK), so until [`FRESH_FOR`]
+    /// after the SUBACK a copy also names the fresh filters that match it.
+    fresh: HashMap<String, Option<Instant>>,
+    /// SUBSCRIBEs not yet handed to rumqttc: at most
+    /// [`MAX_UNANSWERED_SUBSCRIBES`] await their SUBACK at once, so that a
+    /// thousand filters never fill rumqttc's request channel.
+    unsent: VecDeque<(Vec<Subscription>, Option<usize>)>,
     subacks: VecDeque<Vec<String>>,
     /// Filters whose UNSUBSCRIBE rumqttc took and the broker has not
     /// answered yet, oldest first (the broker answers in order).
@@ -205,10 +219,28 @@ struct Subscriptions {
     /// disconnected, or unanswered when a connection ended. A broker that
     /// kept the session (`clean_session = false`) still has them.
     unsubscribe_on_connect: Vec<String>,
+    /// A CONNACK has come before on this endpoint.
+    connected_before: bool,
 }
 
 /// The largest Subscription Identifier MQTT 5 allows.
 const MAX_SUBSCRIPTION_ID: u64 = 268_435_455;
+
+/// How long after its SUBACK a new filter is named on copies that match it
+/// (see [`Subscriptions::fresh`]). A copy of a message published after the
+/// SUBSCRIBE can then reach its routes twice; one published before it is
+/// not lost unless it arrives later than this.
+const FRESH_FOR: Duration = Duration::from_secs(5);
+
+/// How many SUBSCRIBEs may await their SUBACK at once.
+const MAX_UNANSWERED_SUBSCRIBES: usize = 16;
+
+/// Sets of subscriptions, numbered across every endpoint of the process.
+static GENERATIONS: AtomicU64 = AtomicU64::new(0);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1
+}
 
 /// A filter's Subscription Identifier: a hash of its text (FNV-1a), the
 /// same in every run, so that messages a kept session queued under the
@@ -235,9 +267,13 @@ impl Subscriptions {
             wanted,
             use_ids: false,
             ids: HashMap::new(),
+            generation: next_generation(),
+            fresh: HashMap::new(),
+            unsent: VecDeque::new(),
             subacks: VecDeque::new(),
             unanswered_unsubscribes: VecDeque::new(),
             unsubscribe_on_connect: Vec::new(),
+            connected_before: false,
         }
     }
 
@@ -254,7 +290,9 @@ impl Subscriptions {
                     .or_insert_with(|| subscription.filter.as_str().into());
             }
         }
+        self.fresh.retain(|filter, _| subscribed.iter().any(|s| &s.filter == filter));
         self.current = subscribed;
+        self.generation = next_generation();
     }
 
     /// The identifier `filter` is subscribed with, if any.
@@ -263,35 +301,77 @@ impl Subscriptions {
         self.ids.get(&id).is_some_and(|f| &**f == filter).then_some(id)
     }
 
-    /// The filters a copy was sent for, from its identifiers; `None` when
-    /// it has none or one is not ours now (a filter just unsubscribed, or
-    /// one a kept session still holds from an earlier run): such a copy
+    /// The filters a copy on `topic` was sent for, from its identifiers,
+    /// and the fresh filters that match it. `None` when it has no
+    /// identifier or one that is not ours now (a filter just unsubscribed,
+    /// or one a kept session still holds from an earlier run): such a copy
     /// reaches every matching route.
-    fn sent_for(&self, ids: &[usize]) -> Option<Box<[Arc<str>]>> {
+    fn sent_for(&mut self, ids: &[usize], topic: &str, now: Instant) -> Option<SentFor> {
         if ids.is_empty() {
             return None;
         }
-        ids.iter().map(|id| self.ids.get(id).cloned()).collect()
+        let mut filters: Vec<Arc<str>> =
+            ids.iter().map(|id| self.ids.get(id).cloned()).collect::<Option<_>>()?;
+        self.fresh.retain(|_, answered| answered.is_none_or(|at| now < at + FRESH_FOR));
+        for filter in self.fresh.keys() {
+            if covers(filter, topic) && !filters.iter().any(|f| **f == **filter) {
+                filters.push(filter.as_str().into());
+            }
+        }
+        Some(SentFor { filters: filters.into(), generation: self.generation })
     }
 
-    /// Queues the SUBSCRIBEs for `subscriptions`: one per filter with its
+    /// Plans the SUBSCRIBEs for `subscriptions`: one per filter with its
     /// identifier, or one for all of them when the broker takes no
-    /// identifiers. Returns how many rumqttc took, and whether it took all.
-    fn subscribe(&mut self, client: &Client, subscriptions: &[Subscription]) -> (usize, bool) {
-        let batches: Vec<(&[Subscription], Option<usize>)> = if self.use_ids {
-            subscriptions.iter().map(|s| (std::slice::from_ref(s), self.id_of(&s.filter))).collect()
-        } else {
-            vec![(subscriptions, None)]
-        };
-        let mut queued = 0;
-        for (batch, id) in batches.into_iter().filter(|(batch, _)| !batch.is_empty()) {
-            if !client.try_subscribe(batch, id) {
-                return (queued, false);
-            }
-            self.subacks.push_back(batch.iter().map(|s| s.filter.clone()).collect());
-            queued += 1;
+    /// identifiers; hands rumqttc what it may take now. Returns how many
+    /// SUBACKs they will bring.
+    fn subscribe(&mut self, client: &Client, subscriptions: &[Subscription]) -> usize {
+        if subscriptions.is_empty() {
+            return 0;
         }
-        (queued, true)
+        let before = self.unsent.len();
+        if self.use_ids {
+            for subscription in subscriptions {
+                let id = self.id_of(&subscription.filter);
+                self.unsent.push_back((vec![subscription.clone()], id));
+            }
+        } else {
+            self.unsent.push_back((subscriptions.to_vec(), None));
+        }
+        let planned = self.unsent.len() - before;
+        self.send_subscribes(client);
+        planned
+    }
+
+    /// Hands rumqttc the SUBSCRIBEs planned, while fewer than
+    /// [`MAX_UNANSWERED_SUBSCRIBES`] await their SUBACK and its channel
+    /// takes them. The driver calls it again after every event.
+    fn send_subscribes(&mut self, client: &Client) {
+        while self.subacks.len() < MAX_UNANSWERED_SUBSCRIBES {
+            let Some((batch, id)) = self.unsent.front() else { break };
+            if !client.try_subscribe(batch, *id) {
+                break;
+            }
+            let filters = batch.iter().map(|s| s.filter.clone()).collect();
+            self.subacks.push_back(filters);
+            self.unsent.pop_front();
+        }
+    }
+
+    /// Whether some copies still name fresh filters besides their own.
+    fn settling(&self, now: Instant) -> bool {
+        self.fresh.values().any(|answered| answered.is_none_or(|at| now < at + FRESH_FOR))
+    }
+
+    /// The broker answered the oldest SUBSCRIBE: returns its filters.
+    fn subscribe_answered(&mut self, now: Instant) -> Vec<String> {
+        let filters = self.subacks.pop_front().unwrap_or_default();
+        for filter in &filters {
+            if let Some(answered) = self.fresh.get_mut(filter) {
+                *answered = Some(now);
+            }
+        }
+        filters
     }
 
     /// Sends one UNSUBSCRIBE per filter; those the channel cannot take wait
@@ -315,6 +395,8 @@ impl Subscriptions {
     /// The connection ended: what the broker may not have read is sent
     /// again after the next CONNACK.
     fn connection_ended(&mut self) {
+        // The next CONNACK plans every SUBSCRIBE again.
+        self.unsent.clear();
         while let Some(filter) = self.unanswered_unsubscribes.pop_front() {
             self.keep_for_next_connection(filter);
         }
@@ -340,16 +422,19 @@ impl Shared {
     }
 
     /// Subscribes everything, after a CONNACK whose broker does or does
-    /// not take Subscription Identifiers. Returns how many SUBACKs to wait
-    /// for. The caller holds the outbox.
-    fn subscribe_all(&self, use_ids: bool) -> usize {
+    /// not take Subscription Identifiers, and did or did not keep the
+    /// session. Returns how many SUBACKs to wait for. The caller holds the
+    /// outbox.
+    fn subscribe_all(&self, use_ids: bool, session_present: bool) -> usize {
         let mut subscriptions = self.subscriptions();
         subscriptions.subacks.clear();
+        subscriptions.unsent.clear();
         subscriptions.use_ids = use_ids;
         let subscribed = to_subscribe(&subscriptions.wanted, use_ids);
+        let Subscriptions { current, unsubscribe_on_connect, fresh, connected_before, .. } =
+            &mut *subscriptions;
         // A broker that changed its mind about identifiers: a kept session
         // still holds what the previous connection subscribed.
-        let Subscriptions { current, unsubscribe_on_connect, .. } = &mut *subscriptions;
         for old in current.iter() {
             let kept = subscribed.iter().any(|new| new.filter == old.filter);
             if !kept && !unsubscribe_on_connect.contains(&old.filter) {
@@ -357,6 +442,22 @@ impl Shared {
             }
         }
         unsubscribe_on_connect.retain(|filter| !subscribed.iter().any(|s| &s.filter == filter));
+        // What a kept session holds is known only from a connection of
+        // this endpoint; anything else is new to the broker.
+        let known = session_present && *connected_before;
+        if use_ids {
+            for answered in fresh.values_mut() {
+                *answered = None;
+            }
+            for subscription in &subscribed {
+                if !known || !current.iter().any(|old| old.filter == subscription.filter) {
+                    fresh.insert(subscription.filter.clone(), None);
+                }
+            }
+        } else {
+            fresh.clear();
+        }
+        *connected_before = true;
         subscriptions.set_current(subscribed);
         let stale = std::mem::take(&mut subscriptions.unsubscribe_on_connect);
         if !stale.is_empty() && !subscriptions.unsubscribe(&self.client, stale) {
@@ -368,16 +469,7 @@ impl Shared {
             );
         }
         let all = subscriptions.current.clone();
-        let (queued, complete) = subscriptions.subscribe(&self.client, &all);
-        if !complete {
-            crate::stats::bump(&self.stats.subscribe_failures);
-            tracing::warn!(
-                queued,
-                of = all.len(),
-                "MQTT SUBSCRIBE could not be queued; tried again after the next reconnect"
-            );
-        }
-        queued
+        subscriptions.subscribe(&self.client, &all)
     }
 
     /// Replaces the subscriptions. On a live connection only the
@@ -395,15 +487,17 @@ impl Shared {
             .collect();
         let added: Vec<Subscription> =
             subscribed.iter().filter(|new| !old.contains(new)).cloned().collect();
+        for new in &subscribed {
+            if subscriptions.use_ids && !old.iter().any(|old| old.filter == new.filter) {
+                subscriptions.fresh.insert(new.filter.clone(), None);
+            }
+        }
         subscriptions.wanted = wanted;
         subscriptions.set_current(subscribed);
         if outbox.connected && !outbox.closing {
             // SUBSCRIBE first: when `a/#` gives way to `a/b`, the broker
             // must never be without a filter for `a/b`.
-            if !subscriptions.subscribe(&self.client, &added).1 {
-                crate::stats::bump(&self.stats.subscribe_failures);
-                tracing::warn!("MQTT SUBSCRIBE could not be queued");
-            }
+            subscriptions.subscribe(&self.client, &added);
             let removed_count = removed.len();
             if !removed.is_empty() && !subscriptions.unsubscribe(&self.client, removed) {
                 crate::stats::bump(&self.stats.subscribe_failures);
@@ -429,6 +523,18 @@ impl Shared {
         // unsubscribe it first.
         let Subscriptions { current, unsubscribe_on_connect, .. } = &mut *subscriptions;
         unsubscribe_on_connect.retain(|filter| !current.iter().any(|s| &s.filter == filter));
+    }
+
+    /// Whether copies still also name new filters that match them, for a
+    /// while after their SUBSCRIBE (see [`Subscriptions::fresh`]).
+    pub(crate) fn settling(&self) -> bool {
+        self.subscriptions().settling(Instant::now())
+    }
+
+    /// The set of subscriptions copies are named under now (see
+    /// [`SentFor::generation`]).
+    pub(crate) fn subscription_generation(&self) -> u64 {
+        self.subscriptions().generation
     }
 
     /// Takes a message from a handle, on the caller's task: published at once
@@ -646,6 +752,12 @@ impl Window {
     }
 }
 
+/// What a CONNACK said about the subscriptions.
+struct Renew {
+    subscription_ids: bool,
+    session_present: bool,
+}
+
 /// What the driver does after one step.
 enum Next {
     Continue,
@@ -675,12 +787,20 @@ impl Driver {
                 polled = self.connection.poll() => polled,
             };
             let next = match polled {
-                Ok(Event::ConnAck { broker_max_packet, window, subscription_ids }) => {
+                Ok(Event::ConnAck {
+                    broker_max_packet,
+                    window,
+                    subscription_ids,
+                    session_present,
+                }) => {
                     connected = true;
                     let renewed = self.window.renewal == Renewal::Reconnecting;
                     self.window = Window::new(window.unwrap_or(self.window.size));
-                    awaiting_subacks =
-                        self.on_connack(broker_max_packet, renewed, subscription_ids);
+                    awaiting_subacks = self.on_connack(
+                        broker_max_packet,
+                        renewed,
+                        Renew { subscription_ids, session_present },
+                    );
                     Next::Continue
                 }
                 Ok(Event::SubAck { refused }) => {
@@ -739,6 +859,9 @@ impl Driver {
                 // rumqttc may have refused part of the queue while its
                 // channel was full; every event means it drained some.
                 let mut outbox = self.shared.outbox();
+                if outbox.connected {
+                    self.shared.subscriptions().send_subscribes(&self.shared.client);
+                }
                 self.shared.flush(&mut outbox);
                 if outbox.closing {
                     self.shared.close(&mut outbox);
@@ -772,7 +895,7 @@ impl Driver {
         &mut self,
         broker_max_packet: Option<usize>,
         renewed: bool,
-        subscription_ids: bool,
+        session: Renew,
     ) -> usize {
         self.backoff.reset();
         crate::stats::bump(&self.shared.stats.connections);
@@ -796,7 +919,8 @@ impl Driver {
             self.shared.close(&mut outbox);
             return 0;
         }
-        let awaiting_subacks = self.shared.subscribe_all(subscription_ids);
+        let awaiting_subacks =
+            self.shared.subscribe_all(session.subscription_ids, session.session_present);
         self.shared.announce(&mut outbox, ONLINE);
         self.shared.flush(&mut outbox);
         drop(outbox);
@@ -831,7 +955,7 @@ impl Driver {
     /// Names and counts the filters the broker refused in the oldest
     /// SUBSCRIBE still awaiting its SUBACK.
     fn on_suback(&mut self, refused: &[usize]) {
-        let filters = self.shared.subscriptions().subacks.pop_front().unwrap_or_default();
+        let filters = self.shared.subscriptions().subscribe_answered(Instant::now());
         for &index in refused {
             crate::stats::bump(&self.shared.stats.subscribe_failures);
             let filter = filters.get(index).map_or("?", String::as_str);
@@ -865,9 +989,10 @@ impl Driver {
             Message::value(SourceKind::Mqtt, topic.as_ref(), payload::decode(payload));
         let ids = publish.subscription_ids();
         if !ids.is_empty()
-            && let Some(filters) = self.shared.subscriptions().sent_for(ids)
+            && let Some(sent_for) =
+                self.shared.subscriptions().sent_for(ids, &topic, Instant::now())
         {
-            message = message.sent_for(filters);
+            message = message.sent_for(sent_for);
         }
         match self.inbound.try_send(message) {
             Ok(()) => {}
@@ -1011,6 +1136,11 @@ mod tests {
         assert_eq!(filters(&to_subscribe(&wanted, false)), ["in/#", "a/+/c", "a/b/+"]);
     }
 
+    fn named(sent_for: Option<SentFor>) -> Vec<String> {
+        let sent_for = sent_for.expect("named");
+        sent_for.filters.iter().map(|f| f.to_string()).collect()
+    }
+
     #[test]
     fn a_copy_names_the_filters_of_its_identifiers() {
         let mut subscriptions = Subscriptions::new(Vec::new());
@@ -1019,13 +1149,52 @@ mod tests {
         let id = |filter| subscriptions.id_of(filter).expect("subscribed with an identifier");
         let (first, second) = (id("a/+/c"), id("a/b/+"));
         assert_ne!(first, second);
-        let named = subscriptions.sent_for(&[second]).expect("known");
-        assert_eq!(named.iter().map(|f| &**f).collect::<Vec<_>>(), ["a/b/+"]);
-        let both = subscriptions.sent_for(&[first, second]).expect("known");
-        assert_eq!(both.len(), 2);
-        assert!(subscriptions.sent_for(&[]).is_none(), "no identifier: every route");
+        let now = Instant::now();
+        assert_eq!(named(subscriptions.sent_for(&[second], "a/b/c", now)), ["a/b/+"]);
+        assert_eq!(
+            named(subscriptions.sent_for(&[first, second], "a/b/c", now)),
+            ["a/+/c", "a/b/+"]
+        );
+        assert!(subscriptions.sent_for(&[], "a/b/c", now).is_none(), "no identifier: every route");
         let stale = subscription_id("gone/#");
-        assert!(subscriptions.sent_for(&[first, stale]).is_none(), "not ours now: every route");
+        assert!(
+            subscriptions.sent_for(&[first, stale], "a/b/c", now).is_none(),
+            "not ours now: every route"
+        );
+    }
+
+    #[test]
+    fn a_copy_also_names_matching_filters_until_a_while_after_their_suback() {
+        let mut subscriptions = Subscriptions::new(Vec::new());
+        subscriptions.use_ids = true;
+        subscriptions.set_current(wanted(&["a/+/c", "a/b/+", "x/#"]));
+        subscriptions.fresh.insert("a/b/+".into(), None);
+        subscriptions.fresh.insert("x/#".into(), None);
+        let room = subscriptions.id_of("a/+/c").expect("identifier");
+        let start = Instant::now();
+        let copy_for_room = |subscriptions: &mut Subscriptions, at| {
+            named(subscriptions.sent_for(&[room], "a/b/c", at))
+        };
+        assert_eq!(copy_for_room(&mut subscriptions, start), ["a/+/c", "a/b/+"], "awaiting SUBACK");
+        assert!(subscriptions.settling(start));
+
+        subscriptions.subacks.push_back(vec!["a/b/+".into(), "x/#".into()]);
+        subscriptions.subscribe_answered(start);
+        let almost = start + FRESH_FOR - Duration::from_millis(1);
+        assert_eq!(copy_for_room(&mut subscriptions, almost), ["a/+/c", "a/b/+"]);
+        let after = start + FRESH_FOR;
+        assert_eq!(copy_for_room(&mut subscriptions, after), ["a/+/c"]);
+        assert!(!subscriptions.settling(after));
+    }
+
+    #[test]
+    fn every_change_of_the_subscriptions_is_a_new_generation() {
+        let mut subscriptions = Subscriptions::new(wanted(&["a/#"]));
+        let first = subscriptions.generation;
+        subscriptions.set_current(wanted(&["a/#"]));
+        assert!(subscriptions.generation > first);
+        let other = Subscriptions::new(wanted(&["a/#"]));
+        assert_ne!(other.generation, subscriptions.generation, "unique across endpoints");
     }
 
     #[test]
@@ -1046,7 +1215,8 @@ mod tests {
         let mut subscriptions = Subscriptions::new(Vec::new());
         subscriptions.set_current(wanted(&["a/+/c"]));
         assert_eq!(subscriptions.id_of("a/+/c"), None);
-        assert!(subscriptions.sent_for(&[subscription_id("a/+/c")]).is_none());
+        let copy = subscriptions.sent_for(&[subscription_id("a/+/c")], "a/b/c", Instant::now());
+        assert!(copy.is_none());
     }
 
     #[test]

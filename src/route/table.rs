@@ -332,6 +332,7 @@ fn convert_body(message: &Message, target: &Target) -> Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::SentFor;
     use serde_json::json;
 
     fn source(kind: SourceKind, pattern: &str) -> Source {
@@ -411,11 +412,15 @@ mod tests {
         };
         let message = Message::value(SourceKind::Mqtt, "a/b/c", json!(1));
         assert_eq!(names(&message), ["/room", "/kitchen", "/also"], "no subscription named");
-        let for_room = message.clone().sent_for(vec![Arc::from("a/+/c")].into());
+        let sent_for = |filters: &[&str]| SentFor {
+            filters: filters.iter().map(|&f| f.into()).collect(),
+            generation: 1,
+        };
+        let for_room = message.clone().sent_for(sent_for(&["a/+/c"]));
         assert_eq!(names(&for_room), ["/room", "/also"]);
-        let for_kitchen = message.clone().sent_for(vec![Arc::from("a/b/+")].into());
+        let for_kitchen = message.clone().sent_for(sent_for(&["a/b/+"]));
         assert_eq!(names(&for_kitchen), ["/kitchen"]);
-        let for_both = message.sent_for(vec![Arc::from("a/b/+"), Arc::from("a/+/c")].into());
+        let for_both = message.sent_for(sent_for(&["a/b/+", "a/+/c"]));
         assert_eq!(names(&for_both), ["/room", "/kitchen", "/also"]);
     }
 
