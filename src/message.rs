@@ -2,8 +2,6 @@
 //! every other endpoint. Endpoints turn wire formats into [`Message`] and
 //! back; the router only ever sees this.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 
 /// What kind of name a message arrived under; a route's source names one.
@@ -53,42 +51,15 @@ pub struct Message {
     /// The topic, trigger name, channel, event name, OSC address or MQTT topic.
     pub name: String,
     pub body: Body,
-    /// The MQTT subscriptions this copy was sent for, when the broker
-    /// named them (MQTT 5 Subscription Identifiers). `None`: every matching
-    /// route takes it.
-    pub sent_for: Option<SentFor>,
-}
-
-/// The MQTT subscription filters a copy of a message was sent for. A
-/// broker sends one copy per matching subscription, so when only the
-/// routes listening with one of these filters take the copy, each route
-/// takes the message once.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SentFor {
-    pub filters: Box<[Arc<str>]>,
-    /// The endpoint's set of subscriptions the filters were named under. A
-    /// copy named under an earlier set (before a reload changed it) goes to
-    /// every matching route: the routes it was named for may be gone.
-    pub generation: u64,
 }
 
 impl Message {
     pub fn value(source: SourceKind, name: impl Into<String>, value: Value) -> Self {
-        Message { source, name: name.into(), body: Body::Value(value), sent_for: None }
+        Message { source, name: name.into(), body: Body::Value(value) }
     }
 
     pub fn trigger(source: SourceKind, name: impl Into<String>) -> Self {
-        Message { source, name: name.into(), body: Body::Trigger, sent_for: None }
-    }
-
-    /// Limits the message to the routes of these subscription filters.
-    pub fn sent_for(self, sent_for: SentFor) -> Self {
-        Message { sent_for: Some(sent_for), ..self }
-    }
-
-    /// Whether a route listening with `filter` takes this copy.
-    pub fn is_for(&self, filter: &str) -> bool {
-        self.sent_for.as_ref().is_none_or(|sent| sent.filters.iter().any(|f| &**f == filter))
+        Message { source, name: name.into(), body: Body::Trigger }
     }
 }
 

@@ -157,7 +157,6 @@ impl Observe for BridgeObserver {
         });
         if let Some(mqtt) = &view.mqtt {
             body["mqtt"] = mqtt_state(&mqtt.link_state().borrow());
-            body["mqtt"]["settling"] = json!(mqtt.settling());
         }
         if let Some(osc) = &view.osc {
             body["osc"] = json!({"listen": osc.listen_addrs().iter().map(ToString::to_string).collect::<Vec<_>>()});

@@ -69,18 +69,6 @@ impl Bridge {
         self.state(|s| *s == MqttLinkState::Connected).await;
     }
 
-    /// Waits until copies name only their own filters again (a few seconds
-    /// after the last SUBACK).
-    async fn settled(&self) {
-        let settled = tokio::time::timeout(WAIT, async {
-            while self.handle.settling() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
-        assert!(settled.is_ok(), "still settling after {WAIT:?}");
-    }
-
     async fn disconnected(&self) -> MqttLinkState {
         self.state(|s| matches!(s, MqttLinkState::Disconnected { .. })).await
     }
@@ -100,19 +88,11 @@ impl Bridge {
         }
     }
 
-    /// The next copy of a message the broker sent, as the endpoint hands
-    /// it on.
-    async fn next_copy(&mut self) -> Message {
+    async fn next_inbound(&mut self) -> Message {
         tokio::time::timeout(WAIT, self.inbound.recv())
             .await
             .expect("an inbound message within the wait")
             .expect("the endpoint is alive")
-    }
-
-    /// The next message, less the subscriptions it names (MQTT 5 only;
-    /// the tests of that use [`Self::next_copy`]).
-    async fn next_inbound(&mut self) -> Message {
-        Message { sent_for: None, ..self.next_copy().await }
     }
 
     fn stat(&self, counter: impl Fn(&MqttStats) -> &AtomicU64) -> u64 {
@@ -686,128 +666,32 @@ async fn a_qos_2_handshake_cut_after_pubrel_is_counted_and_resumed_in_a_kept_ses
     assert_eq!(bridge.stat(|s| &s.connections), 2);
 }
 
-/// Over MQTT 3.1.1 only `in/#` is subscribed, and Mosquitto sends one
-/// copy; what this checks is that the reduced set of filters still
-/// delivers every message the four filters asked for, once.
-#[tokio::test]
-async fn overlapping_filters_deliver_each_message_once_over_3_1_1() {
+async fn overlapping_filters(protocol: MqttProtocol) {
     let broker = Mosquitto::start().await;
-    let filters = ["in/#", "in/x", "in/+", "in/+/z"];
-    let mut bridge = Bridge::start(config(&broker, MqttProtocol::V311, "overlap"), &filters);
+    let mut bridge =
+        Bridge::start(config(&broker, protocol, "overlap"), &["in/#", "in/x", "in/+", "in/+/z"]);
     bridge.connected().await;
     mosquitto::publish(broker.port(), "in/x", "1", 1, false).await;
     mosquitto::publish(broker.port(), "in/y/z", "2", 1, false).await;
-    assert_eq!(bridge.next_copy().await, mqtt("in/x", json!(1)));
-    assert_eq!(bridge.next_copy().await, mqtt("in/y/z", json!(2)));
+    assert_eq!(bridge.next_inbound().await, mqtt("in/x", json!(1)));
+    assert_eq!(bridge.next_inbound().await, mqtt("in/y/z", json!(2)));
     let more = tokio::time::timeout(QUIET, bridge.inbound.recv()).await;
     assert!(more.is_err(), "one copy of each, not one per matching filter: {more:?}");
 }
 
-/// The filters each copy of one message names, the copies sorted; waits a
-/// quiet spell for late copies.
-async fn copies_of(bridge: &mut Bridge, expected: &Message) -> Vec<Vec<String>> {
-    let mut copies = Vec::new();
-    loop {
-        let copy = match tokio::time::timeout(QUIET, bridge.inbound.recv()).await {
-            Ok(copy) => copy.expect("the endpoint is alive"),
-            Err(_) => break,
-        };
-        let sent_for = copy.sent_for.clone().expect("an MQTT 5 copy names its subscriptions");
-        assert_eq!(Message { sent_for: None, ..copy }, *expected);
-        copies.push(sent_for.filters.iter().map(|f| f.to_string()).collect::<Vec<_>>());
-    }
-    copies.sort();
-    copies
-}
-
-/// Each copy names exactly one filter.
-fn one_each(filters: &[&str]) -> Vec<Vec<String>> {
-    filters.iter().map(|f| vec![(*f).to_owned()]).collect()
-}
-
-/// Over MQTT 5 every filter is a subscription of its own with its own
-/// identifier, covered or overlapping, so that each copy Mosquitto sends
-/// names the filter it came for: each filter's routes take the message
-/// once.
+/// Over MQTT 3.1.1 Mosquitto sends one copy anyway; what this checks is
+/// that the reduced set of filters (`in/#` alone) still delivers every
+/// message the four filters asked for.
 #[tokio::test]
-async fn over_5_each_matching_filter_brings_one_copy_that_names_it() {
-    let broker = Mosquitto::start().await;
-    let filters = ["in/#", "in/x", "in/+", "in/+/z", "a/+/c", "a/b/+"];
-    let mut bridge = Bridge::start(config(&broker, MqttProtocol::V5, "overlap"), &filters);
-    bridge.connected().await;
-    bridge.settled().await;
-    mosquitto::publish(broker.port(), "in/x", "1", 1, false).await;
-    let copies = copies_of(&mut bridge, &mqtt("in/x", json!(1))).await;
-    assert_eq!(copies, one_each(&["in/#", "in/+", "in/x"]));
-    mosquitto::publish(broker.port(), "in/y/z", "2", 1, false).await;
-    let copies = copies_of(&mut bridge, &mqtt("in/y/z", json!(2))).await;
-    assert_eq!(copies, one_each(&["in/#", "in/+/z"]));
-    mosquitto::publish(broker.port(), "a/b/c", "3", 1, false).await;
-    let copies = copies_of(&mut bridge, &mqtt("a/b/c", json!(3))).await;
-    assert_eq!(copies, one_each(&["a/+/c", "a/b/+"]));
-    mosquitto::publish(broker.port(), "a/b/d", "4", 1, false).await;
-    assert_eq!(copies_of(&mut bridge, &mqtt("a/b/d", json!(4))).await, one_each(&["a/b/+"]));
+async fn overlapping_filters_deliver_each_message_once_over_3_1_1() {
+    overlapping_filters(MqttProtocol::V311).await;
 }
 
-/// Over MQTT 5 every filter is a SUBSCRIBE of its own. Eleven hundred of
-/// them, more than rumqttc's request channel holds, are all subscribed,
-/// and `online` still goes out.
+/// Filters that another one covers are not subscribed separately: an
+/// MQTT 5 broker, which sends one copy per matching subscription, sends one.
 #[tokio::test]
-async fn eleven_hundred_filters_are_all_subscribed_and_online_still_goes_out_over_5() {
-    let broker = Mosquitto::start().await;
-    let filters: Vec<String> = (0..1100).map(|i| format!("many/{i}")).collect();
-    let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
-    let mut bridge = Bridge::start(config(&broker, MqttProtocol::V5, "many"), &filters);
-    bridge.connected().await;
-    let mut watcher = mosquitto::subscribe(broker.port(), &bridge.availability).await;
-    assert_eq!(watcher.next_message(WAIT).await, received(&bridge.availability, "online", true));
-    mosquitto::publish(broker.port(), "many/0", "0", 1, false).await;
-    mosquitto::publish(broker.port(), "many/1099", "1", 1, false).await;
-    assert_eq!(bridge.next_inbound().await, mqtt("many/0", json!(0)));
-    assert_eq!(bridge.next_inbound().await, mqtt("many/1099", json!(1)));
-    assert_eq!(bridge.stat(|s| &s.subscribe_failures), 0);
-}
-
-/// Until a while after its SUBACK, a new filter is also named on the
-/// copies other filters bring: the broker sends it no copy of a message
-/// published before it took the SUBSCRIBE, and such copies may still come.
-#[tokio::test]
-async fn right_after_subscribing_a_copy_also_names_the_new_filters_that_match_it_over_5() {
-    let broker = Mosquitto::start().await;
-    let mut bridge =
-        Bridge::start(config(&broker, MqttProtocol::V5, "settling"), &["a/+/c", "a/b/+"]);
-    bridge.connected().await;
-    assert!(bridge.handle.settling());
-    mosquitto::publish(broker.port(), "a/b/c", "1", 1, false).await;
-    let copies = copies_of(&mut bridge, &mqtt("a/b/c", json!(1))).await;
-    assert_eq!(copies, [["a/+/c", "a/b/+"], ["a/b/+", "a/+/c"]], "each names its own first");
-    bridge.settled().await;
-    mosquitto::publish(broker.port(), "a/b/c", "2", 1, false).await;
-    let copies = copies_of(&mut bridge, &mqtt("a/b/c", json!(2))).await;
-    assert_eq!(copies, one_each(&["a/+/c", "a/b/+"]));
-}
-
-/// Messages a kept session queued while scbridge was away carry the
-/// identifiers of the previous run. Identifiers follow the filter's text,
-/// not its place in the config, so each copy still names its own filter
-/// after a restart with the routes in another order.
-#[tokio::test]
-async fn copies_queued_in_a_kept_session_name_their_filters_after_a_restart_over_5() {
-    let broker = Mosquitto::start().await;
-    let mut settings = config(&broker, MqttProtocol::V5, "kept-ids");
-    settings.clean_session = false;
-    let bridge = Bridge::start(settings.clone(), &["a/+/c", "a/b/+", "x/#"]);
-    bridge.connected().await;
-    tokio::time::timeout(WAIT, bridge.handle.shutdown()).await.expect("shutdown returns");
-    drop(bridge);
-
-    mosquitto::publish(broker.port(), "a/b/c", "1", 1, false).await;
-    let mut bridge = Bridge::start(settings, &["x/#", "a/b/+", "a/+/c"]);
-    let copies = copies_of(&mut bridge, &mqtt("a/b/c", json!(1))).await;
-    // A new endpoint cannot know what the session holds, so each copy also
-    // names the other matching filter for a while; its own comes first.
-    let own: Vec<&str> = copies.iter().map(|named| named[0].as_str()).collect();
-    assert_eq!(own, ["a/+/c", "a/b/+"]);
+async fn overlapping_filters_deliver_each_message_once_over_5() {
+    overlapping_filters(MqttProtocol::V5).await;
 }
 
 /// A Mosquitto whose ACL lets us write `out/#` and `status/#` only, and an

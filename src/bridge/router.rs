@@ -584,28 +584,7 @@ impl Router {
         Some(parse_control(command, &value))
     }
 
-    /// A control message that a route's overlapping MQTT subscription also
-    /// brought: the control subscription brings its own copy, which counts.
-    fn is_control_twin(&self, message: &Message) -> bool {
-        let Some(prefix) = self.config.control.mqtt.as_deref() else { return false };
-        message.source == SourceKind::Mqtt
-            && message.sent_for.is_some()
-            && message.name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
-            && !message.is_for(&format!("{prefix}/#"))
-    }
-
-    fn route(&mut self, mut message: Message) {
-        if let Some(sent_for) = &message.sent_for {
-            let generation = self.mqtt.as_ref().map(|m| m.handle.subscription_generation());
-            if generation != Some(sent_for.generation) {
-                // Named before a reload changed the subscriptions: the
-                // routes it was named for may listen elsewhere now.
-                message.sent_for = None;
-            }
-        }
-        if self.is_control_twin(&message) {
-            return;
-        }
+    fn route(&mut self, message: Message) {
         if let Some(command) = self.control_command(&message) {
             match command {
                 Ok(control) => {

@@ -330,13 +330,11 @@ fn literal_text(text: &str) -> String {
     out
 }
 
-/// Without MQTT 5 Subscription Identifiers, a message that arrives through
-/// one subscription fires every route whose pattern matches its topic: the
-/// router cannot tell which subscription brought it. So a shared source may
-/// not overlap an MQTT source that subscribes differently (plain, another
-/// group, another filter): each such message would fire both routes, or
-/// arrive twice. The rule holds on every protocol, so that a config means
-/// the same on each.
+/// A message that arrives through one subscription fires every route whose
+/// pattern matches its topic, and the router cannot tell which subscription
+/// brought it. So a shared source may not overlap an MQTT source that
+/// subscribes differently (plain, another group, another filter): each such
+/// message would fire both routes, or arrive twice.
 fn check_shared_overlap(earlier: &[Route], source: &Source, key: &str) -> Result<(), Problem> {
     let filter = source.pattern.to_mqtt_filter();
     for route in earlier.iter().filter(|r| r.source.kind == SourceKind::Mqtt) {

@@ -50,8 +50,7 @@ crate::stats::counters! {
         connections,
         /// Connection attempts that failed before a CONNACK.
         connect_failures,
-        /// Publishes from the broker offered to the inbound channel (over
-        /// MQTT 5, one per matching filter).
+        /// Publishes from the broker offered to the inbound channel.
         messages_in,
         /// Own publishes the broker sent back (MQTT 3.1.1); dropped.
         own_echoes,
@@ -193,6 +192,7 @@ impl MqttEndpoint {
         shutdown: CancellationToken,
     ) -> Result<MqttHandle, MqttError> {
         task::check(&config, &subscriptions)?;
+        let subscriptions = config::without_covered(subscriptions);
         let tls = if config.tls { Some(tls::client_config(&config)?) } else { None };
         let password = task::read_password(&config)?;
         let stats = Arc::new(MqttStats::default());
@@ -239,30 +239,14 @@ impl MqttHandle {
 
     /// Replaces the subscriptions on the live connection: SUBSCRIBE for new
     /// filters (or a new QoS), then UNSUBSCRIBE for those no longer wanted,
-    /// no reconnect. They are renewed after every CONNACK. Over MQTT 5 each
-    /// filter is its own subscription, with a Subscription Identifier that
-    /// sends each copy of a message only to its routes; where the broker
-    /// takes no identifiers, filters another one covers are left out (see
-    /// [`config::without_covered`]).
+    /// no reconnect. Filters another one covers are left out (see
+    /// [`config::without_covered`]). They are renewed after every CONNACK.
     pub fn set_subscriptions(&self, subscriptions: Vec<Subscription>) -> Result<(), MqttError> {
         if let Some(bad) = subscriptions.iter().find(|s| !config::valid_filter(&s.filter)) {
             return Err(MqttError::InvalidFilter(bad.filter.clone()));
         }
-        self.inner.shared.set_subscriptions(subscriptions);
+        self.inner.shared.set_subscriptions(config::without_covered(subscriptions));
         Ok(())
-    }
-
-    /// The set of subscriptions the copies handed on now are named under;
-    /// it changes with every [`set_subscriptions`](Self::set_subscriptions).
-    pub fn subscription_generation(&self) -> u64 {
-        self.inner.shared.subscription_generation()
-    }
-
-    /// Whether copies of messages still also go to the routes of filters
-    /// subscribed in the last few seconds (MQTT 5 with Subscription
-    /// Identifiers): until then a route may take a message twice.
-    pub fn settling(&self) -> bool {
-        self.inner.shared.settling()
     }
 
     /// Follows the state of the broker connection.

@@ -117,10 +117,7 @@ impl Client {
     /// One SUBSCRIBE for every filter. On MQTT 5 each filter has No Local
     /// set, so the broker never sends our own publishes back; shared
     /// subscriptions (`$share/...`) cannot carry it, the protocol forbids it.
-    ///
-    /// `id` is the MQTT 5 Subscription Identifier of the filters in it: the
-    /// broker puts it on every message it sends for them. Ignored over 3.1.1.
-    pub fn try_subscribe(&self, subscriptions: &[Subscription], id: Option<usize>) -> bool {
+    pub fn try_subscribe(&self, subscriptions: &[Subscription]) -> bool {
         match self {
             Client::V311(client) => client
                 .try_subscribe_many(
@@ -129,24 +126,13 @@ impl Client {
                         .map(|s| rumqttc::SubscribeFilter::new(s.filter.clone(), s.qos.into())),
                 )
                 .is_ok(),
-            Client::V5(client) => {
-                let filters = subscriptions.iter().map(|s| {
+            Client::V5(client) => client
+                .try_subscribe_many(subscriptions.iter().map(|s| {
                     let mut filter = v5::mqttbytes::v5::Filter::new(s.filter.clone(), s.qos.into());
                     filter.nolocal = !s.filter.starts_with("$share/");
                     filter
-                });
-                match id {
-                    None => client.try_subscribe_many(filters),
-                    Some(id) => client.try_subscribe_many_with_properties(
-                        filters,
-                        v5::mqttbytes::v5::SubscribeProperties {
-                            id: Some(id),
-                            user_properties: Vec::new(),
-                        },
-                    ),
-                }
-                .is_ok()
-            }
+                }))
+                .is_ok(),
         }
     }
 
@@ -190,17 +176,6 @@ impl IncomingPublish {
             IncomingPublish::V5(p) => &p.payload,
         }
     }
-
-    /// The MQTT 5 Subscription Identifiers of the subscriptions it was sent
-    /// for; empty over 3.1.1 and for subscriptions made without one.
-    pub fn subscription_ids(&self) -> &[usize] {
-        match self {
-            IncomingPublish::V311(_) => &[],
-            IncomingPublish::V5(p) => {
-                p.properties.as_ref().map_or(&[], |props| &props.subscription_identifiers)
-            }
-        }
-    }
 }
 
 /// What the endpoint reacts to; everything else is [`Event::Other`].
@@ -214,12 +189,6 @@ pub(crate) enum Event {
         /// MQTT 5 Receive Maximum, when the broker sent one (rumqttc keeps
         /// the previous one when it did not).
         window: Option<u16>,
-        /// The broker takes Subscription Identifiers: MQTT 5 brokers do
-        /// unless their CONNACK says otherwise.
-        subscription_ids: bool,
-        /// The broker kept the session of our client id, with its
-        /// subscriptions.
-        session_present: bool,
     },
     Publish(IncomingPublish),
     /// The answer to our oldest UNSUBSCRIBE still unanswered.
@@ -265,12 +234,9 @@ impl Connection {
                     reason: e.to_string(),
                 })?;
                 Ok(match event {
-                    E::Incoming(Packet::ConnAck(ack)) => Event::ConnAck {
-                        broker_max_packet: None,
-                        window: None,
-                        subscription_ids: false,
-                        session_present: ack.session_present,
-                    },
+                    E::Incoming(Packet::ConnAck(_)) => {
+                        Event::ConnAck { broker_max_packet: None, window: None }
+                    }
                     E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V311(p)),
                     E::Incoming(Packet::UnsubAck(_)) => Event::UnsubAck,
                     E::Incoming(Packet::SubAck(ack)) => Event::SubAck {
@@ -309,10 +275,6 @@ impl Connection {
                                 .and_then(|p| p.max_packet_size)
                                 .map(|max| max as usize),
                             window: properties.and_then(|p| p.receive_max),
-                            subscription_ids: properties
-                                .and_then(|p| p.subscription_identifiers_available)
-                                != Some(0),
-                            session_present: ack.session_present,
                         }
                     }
                     E::Incoming(Packet::Publish(p)) => Event::Publish(IncomingPublish::V5(p)),

@@ -13,24 +13,21 @@
 //! bounded channel, so a full channel never blocks the task that would have
 //! to drain it.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::config::{
-    MQTT_MAX_PACKET_BYTES, MqttConfig, MqttProtocol, Password, covers, valid_filter,
-    without_covered,
-};
+use super::config::{MQTT_MAX_PACKET_BYTES, MqttConfig, MqttProtocol, Password, valid_filter};
 use super::outbox::{Outbox, Submitted};
 use super::protocol::{self, Client, Connection, Event, IncomingPublish, Queued, Setup};
 use super::{
     MqttError, MqttLinkState, MqttOut, MqttStats, OFFLINE, ONLINE, QoS, Subscription, payload,
 };
-use crate::message::{Message, Refused, SentFor, SourceKind};
+use crate::message::{Message, Refused, SourceKind};
 use crate::sc::backoff::{Backoff, ReconnectPolicy};
 
 /// rumqttc ends the connection over a packet above its own limit; above
@@ -137,7 +134,12 @@ pub(crate) fn spawn(
         max_packet_bytes: config.max_packet_bytes,
         broker_max_packet: AtomicUsize::new(usize::MAX),
         accepting: std::sync::atomic::AtomicBool::new(true),
-        subscriptions: Mutex::new(Subscriptions::new(subscriptions)),
+        subscriptions: Mutex::new(Subscriptions {
+            current: subscriptions,
+            subacks: VecDeque::new(),
+            unanswered_unsubscribes: VecDeque::new(),
+            unsubscribe_on_connect: Vec::new(),
+        }),
     });
     tokio::spawn(close_when_asked(shared.clone(), tokens.clone()));
     let driver = Driver {
@@ -180,37 +182,8 @@ pub(crate) struct Shared {
 /// The subscriptions in force (renewed after every CONNACK), and the
 /// filters of each SUBSCRIBE awaiting its SUBACK, oldest first, so that a
 /// refusal can be named.
-///
-/// An MQTT 5 broker sends one copy of a message per matching subscription.
-/// Where it takes Subscription Identifiers, every filter the routes want is
-/// subscribed on its own with an identifier, and each copy goes only to the
-/// routes of the filters it names (see [`Message::sent_for`]): every route
-/// takes a message once, even from filters that overlap (`a/+/c` and
-/// `a/b/+`). Elsewhere a filter another one covers is left out, so a
-/// message matches one subscription unless two overlap without either
-/// covering the other.
 struct Subscriptions {
-    /// What the routes want, one entry per filter.
-    wanted: Vec<Subscription>,
-    /// What is subscribed: `wanted`, less covered filters unless `use_ids`.
     current: Vec<Subscription>,
-    /// The broker of the last CONNACK takes Subscription Identifiers.
-    use_ids: bool,
-    /// The identifier of each filter in `current` that has one.
-    ids: HashMap<usize, Arc<str>>,
-    /// Which `current` the identifiers of a copy are read against; a new
-    /// one after every change (see [`SentFor::generation`]).
-    generation: u64,
-    /// Filters new to the broker's session, and when their SUBACK came.
-    /// The broker sends no copy for them of a message published before
-    /// it took their SUBSCRIBE, and such copies can still arrive (a kept
-    /// session's backlog comes after the SUBACK), so until [`FRESH_FOR`]
-    /// after the SUBACK a copy also names the fresh filters that match it.
-    fresh: HashMap<String, Option<Instant>>,
-    /// SUBSCRIBEs not yet handed to rumqttc: at most
-    /// [`MAX_UNANSWERED_SUBSCRIBES`] await their SUBACK at once, so that a
-    /// thousand filters never fill rumqttc's request channel.
-    unsent: VecDeque<(Vec<Subscription>, Option<usize>)>,
     subacks: VecDeque<Vec<String>>,
     /// Filters whose UNSUBSCRIBE rumqttc took and the broker has not
     /// answered yet, oldest first (the broker answers in order).
@@ -219,161 +192,9 @@ struct Subscriptions {
     /// disconnected, or unanswered when a connection ended. A broker that
     /// kept the session (`clean_session = false`) still has them.
     unsubscribe_on_connect: Vec<String>,
-    /// A CONNACK has come before on this endpoint.
-    connected_before: bool,
-}
-
-/// The largest Subscription Identifier MQTT 5 allows.
-const MAX_SUBSCRIPTION_ID: u64 = 268_435_455;
-
-/// How long after its SUBACK a new filter is named on copies that match it
-/// (see [`Subscriptions::fresh`]). A copy of a message published after the
-/// SUBSCRIBE can then reach its routes twice; one published before it is
-/// not lost unless it arrives later than this.
-const FRESH_FOR: Duration = Duration::from_secs(5);
-
-/// How many SUBSCRIBEs may await their SUBACK at once.
-const MAX_UNANSWERED_SUBSCRIBES: usize = 16;
-
-/// Sets of subscriptions, numbered across every endpoint of the process.
-static GENERATIONS: AtomicU64 = AtomicU64::new(0);
-
-fn next_generation() -> u64 {
-    GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1
-}
-
-/// A filter's Subscription Identifier: a hash of its text (FNV-1a), the
-/// same in every run, so that messages a kept session queued under the
-/// previous run's identifiers still name the right filter.
-fn subscription_id(filter: &str) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in filter.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    // Below 2^28, so it fits any usize.
-    (hash % MAX_SUBSCRIPTION_ID) as usize + 1
-}
-
-/// What to subscribe for what the routes want (see [`Subscriptions`]).
-fn to_subscribe(wanted: &[Subscription], use_ids: bool) -> Vec<Subscription> {
-    if use_ids { wanted.to_vec() } else { without_covered(wanted.to_vec()) }
 }
 
 impl Subscriptions {
-    fn new(wanted: Vec<Subscription>) -> Self {
-        Subscriptions {
-            current: to_subscribe(&wanted, false),
-            wanted,
-            use_ids: false,
-            ids: HashMap::new(),
-            generation: next_generation(),
-            fresh: HashMap::new(),
-            unsent: VecDeque::new(),
-            subacks: VecDeque::new(),
-            unanswered_unsubscribes: VecDeque::new(),
-            unsubscribe_on_connect: Vec::new(),
-            connected_before: false,
-        }
-    }
-
-    /// Makes `subscribed` the subscriptions in force and gives each filter
-    /// its identifier. Of two filters with the same one (about one pair in
-    /// a million among a thousand filters) the second goes without: its
-    /// copies reach every matching route, as over MQTT 3.1.1.
-    fn set_current(&mut self, subscribed: Vec<Subscription>) {
-        self.ids.clear();
-        if self.use_ids {
-            for subscription in &subscribed {
-                self.ids
-                    .entry(subscription_id(&subscription.filter))
-                    .or_insert_with(|| subscription.filter.as_str().into());
-            }
-        }
-        self.fresh.retain(|filter, _| subscribed.iter().any(|s| &s.filter == filter));
-        self.current = subscribed;
-        self.generation = next_generation();
-    }
-
-    /// The identifier `filter` is subscribed with, if any.
-    fn id_of(&self, filter: &str) -> Option<usize> {
-        let id = subscription_id(filter);
-        self.ids.get(&id).is_some_and(|f| &**f == filter).then_some(id)
-    }
-
-    /// The filters a copy on `topic` was sent for, from its identifiers,
-    /// and the fresh filters that match it. `None` when it has no
-    /// identifier or one that is not ours now (a filter just unsubscribed,
-    /// or one a kept session still holds from an earlier run): such a copy
-    /// reaches every matching route.
-    fn sent_for(&mut self, ids: &[usize], topic: &str, now: Instant) -> Option<SentFor> {
-        if ids.is_empty() {
-            return None;
-        }
-        let mut filters: Vec<Arc<str>> =
-            ids.iter().map(|id| self.ids.get(id).cloned()).collect::<Option<_>>()?;
-        self.fresh.retain(|_, answered| answered.is_none_or(|at| now < at + FRESH_FOR));
-        for filter in self.fresh.keys() {
-            if covers(filter, topic) && !filters.iter().any(|f| **f == **filter) {
-                filters.push(filter.as_str().into());
-            }
-        }
-        Some(SentFor { filters: filters.into(), generation: self.generation })
-    }
-
-    /// Plans the SUBSCRIBEs for `subscriptions`: one per filter with its
-    /// identifier, or one for all of them when the broker takes no
-    /// identifiers; hands rumqttc what it may take now. Returns how many
-    /// SUBACKs they will bring.
-    fn subscribe(&mut self, client: &Client, subscriptions: &[Subscription]) -> usize {
-        if subscriptions.is_empty() {
-            return 0;
-        }
-        let before = self.unsent.len();
-        if self.use_ids {
-            for subscription in subscriptions {
-                let id = self.id_of(&subscription.filter);
-                self.unsent.push_back((vec![subscription.clone()], id));
-            }
-        } else {
-            self.unsent.push_back((subscriptions.to_vec(), None));
-        }
-        let planned = self.unsent.len() - before;
-        self.send_subscribes(client);
-        planned
-    }
-
-    /// Hands rumqttc the SUBSCRIBEs planned, while fewer than
-    /// [`MAX_UNANSWERED_SUBSCRIBES`] await their SUBACK and its channel
-    /// takes them. The driver calls it again after every event.
-    fn send_subscribes(&mut self, client: &Client) {
-        while self.subacks.len() < MAX_UNANSWERED_SUBSCRIBES {
-            let Some((batch, id)) = self.unsent.front() else { break };
-            if !client.try_subscribe(batch, *id) {
-                break;
-            }
-            let filters = batch.iter().map(|s| s.filter.clone()).collect();
-            self.subacks.push_back(filters);
-            self.unsent.pop_front();
-        }
-    }
-
-    /// Whether some copies still name fresh filters besides their own.
-    fn settling(&self, now: Instant) -> bool {
-        self.fresh.values().any(|answered| answered.is_none_or(|at| now < at + FRESH_FOR))
-    }
-
-    /// The broker answered the oldest SUBSCRIBE: returns its filters.
-    fn subscribe_answered(&mut self, now: Instant) -> Vec<String> {
-        let filters = self.subacks.pop_front().unwrap_or_default();
-        for filter in &filters {
-            if let Some(answered) = self.fresh.get_mut(filter) {
-                *answered = Some(now);
-            }
-        }
-        filters
-    }
-
     /// Sends one UNSUBSCRIBE per filter; those the channel cannot take wait
     /// for the next CONNACK. Returns whether all were queued.
     fn unsubscribe(&mut self, client: &Client, filters: Vec<String>) -> bool {
@@ -395,8 +216,6 @@ impl Subscriptions {
     /// The connection ended: what the broker may not have read is sent
     /// again after the next CONNACK.
     fn connection_ended(&mut self) {
-        // The next CONNACK plans every SUBSCRIBE again.
-        self.unsent.clear();
         while let Some(filter) = self.unanswered_unsubscribes.pop_front() {
             self.keep_for_next_connection(filter);
         }
@@ -421,44 +240,12 @@ impl Shared {
         self.subscriptions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Subscribes everything, after a CONNACK whose broker does or does
-    /// not take Subscription Identifiers, and did or did not keep the
-    /// session. Returns how many SUBACKs to wait for. The caller holds the
-    /// outbox.
-    fn subscribe_all(&self, use_ids: bool, session_present: bool) -> usize {
+    /// Subscribes everything, after a CONNACK: `None` when there is
+    /// nothing to subscribe, else whether the SUBSCRIBE was queued. The
+    /// caller holds the outbox.
+    fn subscribe_all(&self) -> Option<bool> {
         let mut subscriptions = self.subscriptions();
         subscriptions.subacks.clear();
-        subscriptions.unsent.clear();
-        subscriptions.use_ids = use_ids;
-        let subscribed = to_subscribe(&subscriptions.wanted, use_ids);
-        let Subscriptions { current, unsubscribe_on_connect, fresh, connected_before, .. } =
-            &mut *subscriptions;
-        // A broker that changed its mind about identifiers: a kept session
-        // still holds what the previous connection subscribed.
-        for old in current.iter() {
-            let kept = subscribed.iter().any(|new| new.filter == old.filter);
-            if !kept && !unsubscribe_on_connect.contains(&old.filter) {
-                unsubscribe_on_connect.push(old.filter.clone());
-            }
-        }
-        unsubscribe_on_connect.retain(|filter| !subscribed.iter().any(|s| &s.filter == filter));
-        // What a kept session holds is known only from a connection of
-        // this endpoint; anything else is new to the broker.
-        let known = session_present && *connected_before;
-        if use_ids {
-            for answered in fresh.values_mut() {
-                *answered = None;
-            }
-            for subscription in &subscribed {
-                if !known || !current.iter().any(|old| old.filter == subscription.filter) {
-                    fresh.insert(subscription.filter.clone(), None);
-                }
-            }
-        } else {
-            fresh.clear();
-        }
-        *connected_before = true;
-        subscriptions.set_current(subscribed);
         let stale = std::mem::take(&mut subscriptions.unsubscribe_on_connect);
         if !stale.is_empty() && !subscriptions.unsubscribe(&self.client, stale) {
             crate::stats::bump(&self.stats.subscribe_failures);
@@ -468,8 +255,15 @@ impl Shared {
                 "MQTT UNSUBSCRIBE of filters the broker may still hold could not be queued; tried again after the next reconnect"
             );
         }
-        let all = subscriptions.current.clone();
-        subscriptions.subscribe(&self.client, &all)
+        if subscriptions.current.is_empty() {
+            return None;
+        }
+        let queued = self.client.try_subscribe(&subscriptions.current);
+        if queued {
+            let filters = subscriptions.current.iter().map(|s| s.filter.clone()).collect();
+            subscriptions.subacks.push_back(filters);
+        }
+        Some(queued)
     }
 
     /// Replaces the subscriptions. On a live connection only the
@@ -478,26 +272,27 @@ impl Shared {
     pub(crate) fn set_subscriptions(&self, wanted: Vec<Subscription>) {
         let outbox = self.outbox();
         let mut subscriptions = self.subscriptions();
-        let subscribed = to_subscribe(&wanted, subscriptions.use_ids);
-        let old = std::mem::take(&mut subscriptions.current);
-        let removed: Vec<String> = old
-            .iter()
-            .filter(|old| !subscribed.iter().any(|new| new.filter == old.filter))
-            .map(|old| old.filter.clone())
-            .collect();
-        let added: Vec<Subscription> =
-            subscribed.iter().filter(|new| !old.contains(new)).cloned().collect();
-        for new in &subscribed {
-            if subscriptions.use_ids && !old.iter().any(|old| old.filter == new.filter) {
-                subscriptions.fresh.insert(new.filter.clone(), None);
-            }
-        }
-        subscriptions.wanted = wanted;
-        subscriptions.set_current(subscribed);
         if outbox.connected && !outbox.closing {
+            let current = &subscriptions.current;
+            let removed: Vec<String> = current
+                .iter()
+                .filter(|old| !wanted.iter().any(|new| new.filter == old.filter))
+                .map(|old| old.filter.clone())
+                .collect();
+            let added: Vec<Subscription> =
+                wanted.iter().filter(|new| !current.contains(new)).cloned().collect();
             // SUBSCRIBE first: when `a/#` gives way to `a/b`, the broker
             // must never be without a filter for `a/b`.
-            subscriptions.subscribe(&self.client, &added);
+            if !added.is_empty() {
+                if self.client.try_subscribe(&added) {
+                    subscriptions
+                        .subacks
+                        .push_back(added.iter().map(|s| s.filter.clone()).collect());
+                } else {
+                    crate::stats::bump(&self.stats.subscribe_failures);
+                    tracing::warn!("MQTT SUBSCRIBE could not be queued");
+                }
+            }
             let removed_count = removed.len();
             if !removed.is_empty() && !subscriptions.unsubscribe(&self.client, removed) {
                 crate::stats::bump(&self.stats.subscribe_failures);
@@ -513,28 +308,20 @@ impl Shared {
                 "MQTT subscriptions changed on the live connection"
             );
         } else {
-            for filter in removed {
-                if !subscriptions.unsubscribe_on_connect.contains(&filter) {
-                    subscriptions.unsubscribe_on_connect.push(filter);
+            let Subscriptions { current, unsubscribe_on_connect, .. } = &mut *subscriptions;
+            for old in current.iter() {
+                let kept = wanted.iter().any(|new| new.filter == old.filter);
+                if !kept && !unsubscribe_on_connect.contains(&old.filter) {
+                    unsubscribe_on_connect.push(old.filter.clone());
                 }
             }
         }
         // Wanted again: the next CONNACK subscribes it, and must not
         // unsubscribe it first.
-        let Subscriptions { current, unsubscribe_on_connect, .. } = &mut *subscriptions;
-        unsubscribe_on_connect.retain(|filter| !current.iter().any(|s| &s.filter == filter));
-    }
-
-    /// Whether copies still also name new filters that match them, for a
-    /// while after their SUBSCRIBE (see [`Subscriptions::fresh`]).
-    pub(crate) fn settling(&self) -> bool {
-        self.subscriptions().settling(Instant::now())
-    }
-
-    /// The set of subscriptions copies are named under now (see
-    /// [`SentFor::generation`]).
-    pub(crate) fn subscription_generation(&self) -> u64 {
-        self.subscriptions().generation
+        subscriptions
+            .unsubscribe_on_connect
+            .retain(|filter| !wanted.iter().any(|new| &new.filter == filter));
+        subscriptions.current = wanted;
     }
 
     /// Takes a message from a handle, on the caller's task: published at once
@@ -752,12 +539,6 @@ impl Window {
     }
 }
 
-/// What a CONNACK said about the subscriptions.
-struct Renew {
-    subscription_ids: bool,
-    session_present: bool,
-}
-
 /// What the driver does after one step.
 enum Next {
     Continue,
@@ -774,8 +555,7 @@ impl Driver {
 
     async fn drive(mut self) {
         let mut connected = false;
-        // SUBACKs still to come for the SUBSCRIBEs of the last CONNACK.
-        let mut awaiting_subacks = 0;
+        let mut awaiting_suback = false;
         loop {
             let polled = tokio::select! {
                 biased;
@@ -787,28 +567,18 @@ impl Driver {
                 polled = self.connection.poll() => polled,
             };
             let next = match polled {
-                Ok(Event::ConnAck {
-                    broker_max_packet,
-                    window,
-                    subscription_ids,
-                    session_present,
-                }) => {
+                Ok(Event::ConnAck { broker_max_packet, window }) => {
                     connected = true;
                     let renewed = self.window.renewal == Renewal::Reconnecting;
                     self.window = Window::new(window.unwrap_or(self.window.size));
-                    awaiting_subacks = self.on_connack(
-                        broker_max_packet,
-                        renewed,
-                        Renew { subscription_ids, session_present },
-                    );
+                    awaiting_suback = self.on_connack(broker_max_packet, renewed);
                     Next::Continue
                 }
                 Ok(Event::SubAck { refused }) => {
                     self.on_suback(&refused);
-                    if awaiting_subacks == 1 {
+                    if std::mem::take(&mut awaiting_suback) {
                         self.link.send_replace(MqttLinkState::Connected);
                     }
-                    awaiting_subacks = awaiting_subacks.saturating_sub(1);
                     Next::Continue
                 }
                 Ok(Event::UnsubAck) => {
@@ -825,7 +595,7 @@ impl Driver {
                     if holds_window_slot && connected && self.window.slot_held() {
                         if self.renew_connection() {
                             connected = false;
-                            awaiting_subacks = 0;
+                            awaiting_suback = false;
                             self.on_error("dropped to free the in-flight window".into(), true).await
                         } else {
                             Next::Continue
@@ -845,7 +615,7 @@ impl Driver {
                 Ok(Event::Other) => Next::Continue,
                 Err(failure) => {
                     let was_connected = std::mem::replace(&mut connected, false);
-                    awaiting_subacks = 0;
+                    awaiting_suback = false;
                     if failure.oversized_incoming {
                         self.on_oversized_incoming(&failure.reason);
                     }
@@ -859,9 +629,6 @@ impl Driver {
                 // rumqttc may have refused part of the queue while its
                 // channel was full; every event means it drained some.
                 let mut outbox = self.shared.outbox();
-                if outbox.connected {
-                    self.shared.subscriptions().send_subscribes(&self.shared.client);
-                }
                 self.shared.flush(&mut outbox);
                 if outbox.closing {
                     self.shared.close(&mut outbox);
@@ -890,13 +657,8 @@ impl Driver {
     }
 
     /// Renews the session: subscriptions, `online`, then the offline queue,
-    /// in that order. Returns how many SUBACKs are awaited.
-    fn on_connack(
-        &mut self,
-        broker_max_packet: Option<usize>,
-        renewed: bool,
-        session: Renew,
-    ) -> usize {
+    /// in that order. Returns whether a SUBACK is awaited.
+    fn on_connack(&mut self, broker_max_packet: Option<usize>, renewed: bool) -> bool {
         self.backoff.reset();
         crate::stats::bump(&self.shared.stats.connections);
         if renewed {
@@ -917,17 +679,25 @@ impl Driver {
         }
         if outbox.closing {
             self.shared.close(&mut outbox);
-            return 0;
+            return false;
         }
-        let awaiting_subacks =
-            self.shared.subscribe_all(session.subscription_ids, session.session_present);
+        let awaiting_suback = match self.shared.subscribe_all() {
+            None => false,
+            Some(queued) => {
+                if !queued {
+                    crate::stats::bump(&self.shared.stats.subscribe_failures);
+                    tracing::warn!(broker = %self.broker, "MQTT SUBSCRIBE could not be queued");
+                }
+                queued
+            }
+        };
         self.shared.announce(&mut outbox, ONLINE);
         self.shared.flush(&mut outbox);
         drop(outbox);
-        if awaiting_subacks == 0 {
+        if !awaiting_suback {
             self.link.send_replace(MqttLinkState::Connected);
         }
-        awaiting_subacks
+        awaiting_suback
     }
 
     /// Ends the connection so that the next one frees the window (see
@@ -955,7 +725,7 @@ impl Driver {
     /// Names and counts the filters the broker refused in the oldest
     /// SUBSCRIBE still awaiting its SUBACK.
     fn on_suback(&mut self, refused: &[usize]) {
-        let filters = self.shared.subscriptions().subscribe_answered(Instant::now());
+        let filters = self.shared.subscriptions().subacks.pop_front().unwrap_or_default();
         for &index in refused {
             crate::stats::bump(&self.shared.stats.subscribe_failures);
             let filter = filters.get(index).map_or("?", String::as_str);
@@ -985,15 +755,7 @@ impl Driver {
             return;
         }
         crate::stats::bump(&stats.messages_in);
-        let mut message =
-            Message::value(SourceKind::Mqtt, topic.as_ref(), payload::decode(payload));
-        let ids = publish.subscription_ids();
-        if !ids.is_empty()
-            && let Some(sent_for) =
-                self.shared.subscriptions().sent_for(ids, &topic, Instant::now())
-        {
-            message = message.sent_for(sent_for);
-        }
+        let message = Message::value(SourceKind::Mqtt, topic.as_ref(), payload::decode(payload));
         match self.inbound.try_send(message) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(message)) => {
@@ -1112,111 +874,16 @@ mod tests {
         assert_eq!(packet_size("a/b", b"12345"), 3 + 5 + PUBLISH_OVERHEAD);
     }
 
-    fn wanted(filters: &[&str]) -> Vec<Subscription> {
-        filters
-            .iter()
-            .map(|f| Subscription { filter: (*f).into(), qos: QoS::AtLeastOnce })
-            .collect()
-    }
-
     fn subscriptions(current: &[&str], unanswered: &[&str]) -> Subscriptions {
-        let mut subscriptions = Subscriptions::new(wanted(current));
-        subscriptions.unanswered_unsubscribes = unanswered.iter().map(|f| (*f).into()).collect();
-        subscriptions
-    }
-
-    fn filters(subscriptions: &[Subscription]) -> Vec<&str> {
-        subscriptions.iter().map(|s| s.filter.as_str()).collect()
-    }
-
-    #[test]
-    fn with_identifiers_every_filter_is_subscribed_without_them_covered_ones_are_left_out() {
-        let wanted = wanted(&["in/#", "in/x", "a/+/c", "a/b/+"]);
-        assert_eq!(filters(&to_subscribe(&wanted, true)), ["in/#", "in/x", "a/+/c", "a/b/+"]);
-        assert_eq!(filters(&to_subscribe(&wanted, false)), ["in/#", "a/+/c", "a/b/+"]);
-    }
-
-    fn named(sent_for: Option<SentFor>) -> Vec<String> {
-        let sent_for = sent_for.expect("named");
-        sent_for.filters.iter().map(|f| f.to_string()).collect()
-    }
-
-    #[test]
-    fn a_copy_names_the_filters_of_its_identifiers() {
-        let mut subscriptions = Subscriptions::new(Vec::new());
-        subscriptions.use_ids = true;
-        subscriptions.set_current(wanted(&["a/+/c", "a/b/+"]));
-        let id = |filter| subscriptions.id_of(filter).expect("subscribed with an identifier");
-        let (first, second) = (id("a/+/c"), id("a/b/+"));
-        assert_ne!(first, second);
-        let now = Instant::now();
-        assert_eq!(named(subscriptions.sent_for(&[second], "a/b/c", now)), ["a/b/+"]);
-        assert_eq!(
-            named(subscriptions.sent_for(&[first, second], "a/b/c", now)),
-            ["a/+/c", "a/b/+"]
-        );
-        assert!(subscriptions.sent_for(&[], "a/b/c", now).is_none(), "no identifier: every route");
-        let stale = subscription_id("gone/#");
-        assert!(
-            subscriptions.sent_for(&[first, stale], "a/b/c", now).is_none(),
-            "not ours now: every route"
-        );
-    }
-
-    #[test]
-    fn a_copy_also_names_matching_filters_until_a_while_after_their_suback() {
-        let mut subscriptions = Subscriptions::new(Vec::new());
-        subscriptions.use_ids = true;
-        subscriptions.set_current(wanted(&["a/+/c", "a/b/+", "x/#"]));
-        subscriptions.fresh.insert("a/b/+".into(), None);
-        subscriptions.fresh.insert("x/#".into(), None);
-        let room = subscriptions.id_of("a/+/c").expect("identifier");
-        let start = Instant::now();
-        let copy_for_room = |subscriptions: &mut Subscriptions, at| {
-            named(subscriptions.sent_for(&[room], "a/b/c", at))
-        };
-        assert_eq!(copy_for_room(&mut subscriptions, start), ["a/+/c", "a/b/+"], "awaiting SUBACK");
-        assert!(subscriptions.settling(start));
-
-        subscriptions.subacks.push_back(vec!["a/b/+".into(), "x/#".into()]);
-        subscriptions.subscribe_answered(start);
-        let almost = start + FRESH_FOR - Duration::from_millis(1);
-        assert_eq!(copy_for_room(&mut subscriptions, almost), ["a/+/c", "a/b/+"]);
-        let after = start + FRESH_FOR;
-        assert_eq!(copy_for_room(&mut subscriptions, after), ["a/+/c"]);
-        assert!(!subscriptions.settling(after));
-    }
-
-    #[test]
-    fn every_change_of_the_subscriptions_is_a_new_generation() {
-        let mut subscriptions = Subscriptions::new(wanted(&["a/#"]));
-        let first = subscriptions.generation;
-        subscriptions.set_current(wanted(&["a/#"]));
-        assert!(subscriptions.generation > first);
-        let other = Subscriptions::new(wanted(&["a/#"]));
-        assert_ne!(other.generation, subscriptions.generation, "unique across endpoints");
-    }
-
-    #[test]
-    fn identifiers_are_the_same_in_every_run_and_within_the_protocol_range() {
-        assert_eq!(subscription_id("a/+/c"), subscription_id("a/+/c"));
-        assert_ne!(subscription_id("a/+/c"), subscription_id("a/b/+"));
-        for filter in ["", "#", "a/+/c", "$share/g/x/#", &"x".repeat(70_000)] {
-            let id = subscription_id(filter);
-            assert!((1..=268_435_455).contains(&id), "{id} for {filter:.10}");
+        Subscriptions {
+            current: current
+                .iter()
+                .map(|f| Subscription { filter: (*f).into(), qos: QoS::AtLeastOnce })
+                .collect(),
+            subacks: VecDeque::new(),
+            unanswered_unsubscribes: unanswered.iter().map(|f| (*f).into()).collect(),
+            unsubscribe_on_connect: Vec::new(),
         }
-        // Pinned: a kept session holds identifiers from the previous run,
-        // perhaps of an older scbridge.
-        assert_eq!(subscription_id("sensors/+/temp"), 100_602_684);
-    }
-
-    #[test]
-    fn without_identifiers_no_copy_is_limited() {
-        let mut subscriptions = Subscriptions::new(Vec::new());
-        subscriptions.set_current(wanted(&["a/+/c"]));
-        assert_eq!(subscriptions.id_of("a/+/c"), None);
-        let copy = subscriptions.sent_for(&[subscription_id("a/+/c")], "a/b/c", Instant::now());
-        assert!(copy.is_none());
     }
 
     #[test]

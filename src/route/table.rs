@@ -216,9 +216,6 @@ impl Node {
 pub struct RoutingTable {
     routes: Vec<Route>,
     index: HashMap<SourceKind, Node>,
-    /// Each route's MQTT subscription filter (empty for other sources),
-    /// matched against [`Message::sent_for`].
-    mqtt_filters: Vec<String>,
 }
 
 impl RoutingTable {
@@ -230,14 +227,7 @@ impl RoutingTable {
                 .or_default()
                 .insert(&route.source.pattern.segments, position);
         }
-        let mqtt_filters = routes
-            .iter()
-            .map(|route| match route.source.kind {
-                SourceKind::Mqtt => route.source.pattern.to_mqtt_filter(),
-                _ => String::new(),
-            })
-            .collect();
-        RoutingTable { routes, index, mqtt_filters }
+        RoutingTable { routes, index }
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -261,17 +251,11 @@ impl RoutingTable {
     }
 
     /// The routes that match a message, in table order, with their captures.
-    /// A copy sent for some MQTT subscriptions matches only their routes.
     pub fn matches(&self, message: &Message) -> Vec<(RouteId, Vec<String>)> {
         let Some(root) = self.index.get(&message.source) else { return Vec::new() };
         let parts: Vec<&str> = message.name.split('/').collect();
         let mut found = Vec::new();
         root.collect(&parts, &mut Vec::new(), &mut found);
-        if message.sent_for.is_some() {
-            found.retain(|(route, _)| {
-                self.mqtt_filters.get(*route).is_some_and(|f| message.is_for(f))
-            });
-        }
         found.sort_by_key(|(route, _)| *route);
         found.into_iter().map(|(route, captures)| (RouteId(route), captures)).collect()
     }
@@ -332,7 +316,6 @@ fn convert_body(message: &Message, target: &Target) -> Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::SentFor;
     use serde_json::json;
 
     fn source(kind: SourceKind, pattern: &str) -> Source {
@@ -398,30 +381,6 @@ mod tests {
         let (out, _) = routed(&table, &Message::value(SourceKind::Osc, "/a/b", json!(1)));
         let got: Vec<_> = out.iter().map(|o| (o.route.0, o.name.as_str())).collect();
         assert_eq!(got, vec![(0, "x"), (1, "x"), (2, "y/a/b")]);
-    }
-
-    #[test]
-    fn a_copy_sent_for_some_mqtt_subscriptions_reaches_only_their_routes() {
-        let table = RoutingTable::new(vec![
-            route("by-room", source(SourceKind::Mqtt, "a/+/c"), vec![dest(osc(), "/room")]),
-            route("kitchen", source(SourceKind::Mqtt, "a/b/+"), vec![dest(osc(), "/kitchen")]),
-            route("also-room", source(SourceKind::Mqtt, "a/+/c"), vec![dest(osc(), "/also")]),
-        ]);
-        let names = |message: &Message| -> Vec<String> {
-            routed(&table, message).0.into_iter().map(|o| o.name).collect()
-        };
-        let message = Message::value(SourceKind::Mqtt, "a/b/c", json!(1));
-        assert_eq!(names(&message), ["/room", "/kitchen", "/also"], "no subscription named");
-        let sent_for = |filters: &[&str]| SentFor {
-            filters: filters.iter().map(|&f| f.into()).collect(),
-            generation: 1,
-        };
-        let for_room = message.clone().sent_for(sent_for(&["a/+/c"]));
-        assert_eq!(names(&for_room), ["/room", "/also"]);
-        let for_kitchen = message.clone().sent_for(sent_for(&["a/b/+"]));
-        assert_eq!(names(&for_kitchen), ["/kitchen"]);
-        let for_both = message.sent_for(sent_for(&["a/b/+", "a/+/c"]));
-        assert_eq!(names(&for_both), ["/room", "/kitchen", "/also"]);
     }
 
     #[test]
