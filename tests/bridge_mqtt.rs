@@ -33,6 +33,11 @@ impl Peers {
     }
 
     fn config(&self, routes: &str) -> String {
+        self.config_over("3.1.1", routes)
+    }
+
+    /// The config with the MQTT link on `protocol` ("3.1.1" or "5").
+    fn config_over(&self, protocol: &str, routes: &str) -> String {
         format!(
             r#"
 [socketcluster]
@@ -51,7 +56,8 @@ td = "{td}"
 [mqtt]
 url = "{mqtt}"
 client_id = "bridge-test"
-keepalive_secs = 1
+keepalive_secs = {keepalive}
+protocol = "{protocol}"
 reconnect_delay_ms = 200
 reconnect_max_delay_ms = 400
 availability_topic = "scbridge/bridge-test/availability"
@@ -59,13 +65,19 @@ availability_topic = "scbridge/bridge-test/availability"
             sc = self.server.url(),
             td = self.td.addr(),
             mqtt = self.broker.url(),
+            // MQTT 5 allows no less (rumqttc's rule).
+            keepalive = if protocol == "5" { 5 } else { 1 },
         )
     }
 
     /// Starts the bridge in-process and waits for both links.
     async fn bridge(&self, routes: &str) -> Running {
-        let config =
-            Config::from_toml(&self.config(routes), "test.toml").expect("valid test config");
+        self.bridge_over("3.1.1", routes).await
+    }
+
+    async fn bridge_over(&self, protocol: &str, routes: &str) -> Running {
+        let config = Config::from_toml(&self.config_over(protocol, routes), "test.toml")
+            .expect("valid test config");
         let running = bridge::start(config).await.expect("bridge starts");
         let mut link = running.sc().link_state();
         tokio::time::timeout(WAIT, link.wait_for(|s| s.is_connected()))
@@ -447,4 +459,116 @@ async fn a_reload_of_mqtt_routes_resubscribes_without_reconnecting() {
     assert_eq!(get(&mqtt.stats().messages_in), 2, "in/a is no longer subscribed");
     assert_eq!(get(&mqtt.stats().connections), 1, "no reconnect");
     running.stop().await;
+}
+
+/// What reaches TouchDesigner until it has been quiet for a while, sorted
+/// by address.
+async fn everything_until_quiet(td: &support::udp::OscReceiver) -> Vec<OscMessage> {
+    let mut all = Vec::new();
+    while let Some(message) = td.try_next(Duration::from_millis(500)).await {
+        all.push(message);
+    }
+    all.sort_by(|a, b| a.addr.cmp(&b.addr));
+    all
+}
+
+fn float(addr: &str, value: f32) -> OscMessage {
+    OscMessage { addr: addr.into(), args: vec![OscType::Float(value)] }
+}
+
+/// Three routes whose filters overlap without one covering the other two
+/// (`a/+/c`, `a/b/+`, and `a/b/c` under both). Over MQTT 3.1.1 Mosquitto
+/// sends one copy of a message however many filters match, and each route
+/// fires once. (Over MQTT 5 it sends one per subscription: see README.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_routes_fire_once_each_over_3_1_1() {
+    let peers = Peers::start().await;
+    let running = peers
+        .bridge(
+            r#"
+[[route]]
+from = { mqtt = "a/+/c" }
+to = [{ osc = "/room" }]
+[[route]]
+from = { mqtt = "a/b/+" }
+to = [{ osc = "/kitchen" }]
+[[route]]
+from = { mqtt = "a/b/c" }
+to = [{ osc = "/exact" }]
+"#,
+        )
+        .await;
+    mosquitto::publish(peers.broker.port(), "a/b/c", "1", 1, false).await;
+    mosquitto::publish(peers.broker.port(), "a/x/c", "2", 1, false).await;
+    assert_eq!(
+        everything_until_quiet(&peers.td).await,
+        [float("/exact", 1.0), float("/kitchen", 1.0), float("/room", 1.0), float("/room", 2.0)]
+    );
+    running.stop().await;
+}
+
+/// A route whose filter reloads keep changing (`a/+/c`, `a/b/+`, both
+/// matching the stream's topic) loses nothing of a steady stream: the new
+/// filter is subscribed before the old one is dropped.
+async fn a_route_moved_between_overlapping_filters_loses_nothing(protocol: &str) {
+    const MESSAGES: usize = 600;
+    let peers = Peers::start().await;
+    let route = |filter: &str| {
+        format!(
+            "\n[[route]]\nname = \"r\"\nfrom = {{ mqtt = \"{filter}\", qos = 1 }}\nto = [{{ osc = \"/r\" }}]\n"
+        )
+    };
+    let running = peers.bridge_over(protocol, &route("a/+/c")).await;
+    let port = peers.broker.port();
+    let stream = tokio::spawn(async move {
+        for n in 0..MESSAGES {
+            mosquitto::publish(port, "a/b/c", n.to_string(), 1, false).await;
+        }
+    });
+    let streaming = std::sync::atomic::AtomicBool::new(true);
+    let reload_while_streaming = async {
+        let mut reloads = 0;
+        while !stream.is_finished() {
+            let filter = if reloads % 2 == 0 { "a/b/+" } else { "a/+/c" };
+            let config =
+                Config::from_toml(&peers.config_over(protocol, &route(filter)), "test.toml")
+                    .expect("valid");
+            running.reload(config).await;
+            reloads += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        streaming.store(false, std::sync::atomic::Ordering::Relaxed);
+        reloads
+    };
+    // Read as it comes: the socket's buffer holds only a few hundred.
+    let read_until_quiet = async {
+        let mut seen = vec![false; MESSAGES];
+        loop {
+            match peers.td.try_next(Duration::from_secs(1)).await {
+                Some(message) => {
+                    if let [OscType::Float(n)] = message.args[..] {
+                        seen[n as usize] = true;
+                    }
+                }
+                None if !streaming.load(std::sync::atomic::Ordering::Relaxed) => break seen,
+                None => {}
+            }
+        }
+    };
+    let (reloads, seen) = tokio::join!(reload_while_streaming, read_until_quiet);
+    stream.await.expect("the stream was published");
+    let missing: Vec<usize> = (0..MESSAGES).filter(|&n| !seen[n]).collect();
+    assert!(reloads > 5, "the stream outlasted a few reloads ({reloads})");
+    assert_eq!(missing, Vec::<usize>::new(), "lost over {reloads} reloads");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_moved_between_overlapping_filters_loses_nothing_over_3_1_1() {
+    a_route_moved_between_overlapping_filters_loses_nothing("3.1.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_moved_between_overlapping_filters_loses_nothing_over_5() {
+    a_route_moved_between_overlapping_filters_loses_nothing("5").await;
 }

@@ -694,6 +694,24 @@ async fn overlapping_filters_deliver_each_message_once_over_5() {
     overlapping_filters(MqttProtocol::V5).await;
 }
 
+/// Eleven hundred filters, more requests than rumqttc's channel holds if
+/// each went on its own, are all subscribed, and `online` still goes out.
+#[tokio::test]
+async fn eleven_hundred_filters_are_all_subscribed_and_online_still_goes_out_over_5() {
+    let broker = Mosquitto::start().await;
+    let filters: Vec<String> = (0..1100).map(|i| format!("many/{i}")).collect();
+    let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
+    let mut bridge = Bridge::start(config(&broker, MqttProtocol::V5, "many"), &filters);
+    bridge.connected().await;
+    let mut watcher = mosquitto::subscribe(broker.port(), &bridge.availability).await;
+    assert_eq!(watcher.next_message(WAIT).await, received(&bridge.availability, "online", true));
+    mosquitto::publish(broker.port(), "many/0", "0", 1, false).await;
+    mosquitto::publish(broker.port(), "many/1099", "1", 1, false).await;
+    assert_eq!(bridge.next_inbound().await, mqtt("many/0", json!(0)));
+    assert_eq!(bridge.next_inbound().await, mqtt("many/1099", json!(1)));
+    assert_eq!(bridge.stat(|s| &s.subscribe_failures), 0);
+}
+
 /// A Mosquitto whose ACL lets us write `out/#` and `status/#` only, and an
 /// MQTT 5 endpoint on it that announces itself on `status/NAME`.
 async fn bridge_behind_an_acl(name: &str) -> (Mosquitto, Bridge) {
