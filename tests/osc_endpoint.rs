@@ -230,6 +230,38 @@ async fn garbage_and_oversized_packets_are_counted_and_a_good_packet_still_arriv
     assert_eq!(get(&stats.messages_in), 1);
 }
 
+/// rosc alone would stop reading a bundle at its first bad element and hand
+/// back the ones before it as if that were all; the listener reads on.
+#[tokio::test]
+async fn a_bad_element_in_a_bundle_is_counted_and_the_elements_around_it_arrive() {
+    let mut running =
+        start(OscConfig { listen: vec![loopback()], ..OscConfig::default() }, 64).await;
+    let sender = peer().await;
+    let listener = running.handle.listen_addrs()[0];
+    let first = rosc::encoder::encode(&message("/first", vec![OscType::Int(1)])).expect("encodes");
+    let truncated_args = b"/bad\0\0\0\0,f\0\0".to_vec();
+    let last = rosc::encoder::encode(&message("/last", vec![OscType::Int(3)])).expect("encodes");
+    let mut bundle = b"#bundle\0\0\0\0\0\0\0\0\x01".to_vec();
+    for element in [&first, &truncated_args, &last] {
+        bundle.extend((element.len() as u32).to_be_bytes());
+        bundle.extend(element);
+    }
+
+    sender.send_to(&bundle, listener).await.expect("sent");
+
+    assert_eq!(
+        next_message(&mut running).await,
+        Message::value(SourceKind::Osc, "/first", json!(1))
+    );
+    assert_eq!(
+        next_message(&mut running).await,
+        Message::value(SourceKind::Osc, "/last", json!(3))
+    );
+    let stats = running.handle.stats();
+    assert_eq!(get(&stats.decode_errors), 1);
+    assert_eq!(get(&stats.messages_in), 2);
+}
+
 /// A JSON object handed to the endpoint leaves as one message per key, with
 /// float32 tags, which is what TouchDesigner's OSC In CHOP reads.
 #[tokio::test]

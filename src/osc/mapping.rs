@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use base64::Engine as _;
-use rosc::{OscMessage, OscPacket, OscType};
+use rosc::{OscMessage, OscType};
 use serde_json::{Map, Number, Value};
 
 use crate::message::Body;
@@ -415,23 +415,6 @@ fn truthy(value: &Value) -> bool {
     }
 }
 
-/// Appends every message of a packet with its arguments, bundles (nested
-/// ones too) flattened in the order they hold them. Bundle time tags are
-/// not kept: the bridge forwards at once.
-pub fn from_osc(packet: OscPacket, out: &mut Vec<(String, Vec<OscType>)>) {
-    // A stack instead of recursion: nesting depth is the sender's choice.
-    let mut stack = vec![vec![packet].into_iter()];
-    while let Some(top) = stack.last_mut() {
-        match top.next() {
-            Some(OscPacket::Message(message)) => out.push((message.addr, message.args)),
-            Some(OscPacket::Bundle(bundle)) => stack.push(bundle.content.into_iter()),
-            None => {
-                stack.pop();
-            }
-        }
-    }
-}
-
 /// The JSON value of a message's arguments: none is `null`, one is that
 /// value, several are an array.
 pub fn args_to_json(args: &[OscType]) -> Value {
@@ -485,7 +468,7 @@ fn float32_to_json(f: f32) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rosc::{OscArray, OscBundle, OscColor, OscMidiMessage, OscTime};
+    use rosc::{OscArray, OscColor, OscMidiMessage, OscTime};
     use serde_json::json;
 
     fn msg(addr: &str, args: Vec<OscType>) -> OscMessage {
@@ -816,31 +799,6 @@ mod tests {
         let err = OscOutOptions::parse_types("ffx").unwrap_err();
         assert!(err.starts_with("'x' (character 3) is not a type tag"), "{err}");
         assert!(OscOutOptions::parse_types("").is_err());
-    }
-
-    #[test]
-    fn bundles_flatten_in_order_with_nested_bundles() {
-        let time = OscTime { seconds: 0, fractional: 1 };
-        let packet = OscPacket::Bundle(OscBundle {
-            timetag: time,
-            content: vec![
-                OscPacket::Message(msg("/1", vec![])),
-                OscPacket::Bundle(OscBundle {
-                    timetag: time,
-                    content: vec![
-                        OscPacket::Message(msg("/2", vec![OscType::Int(2)])),
-                        OscPacket::Bundle(OscBundle { timetag: time, content: vec![] }),
-                        OscPacket::Message(msg("/3", vec![])),
-                    ],
-                }),
-                OscPacket::Message(msg("/4", vec![])),
-            ],
-        });
-        let mut flat = vec![("/0".to_owned(), vec![])];
-        from_osc(packet, &mut flat);
-        let names: Vec<&str> = flat.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(names, vec!["/0", "/1", "/2", "/3", "/4"]);
-        assert_eq!(flat[2].1, vec![OscType::Int(2)]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rosc::OscPacket;
+use rosc::{OscMessage, OscPacket};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,7 @@ use send::Batch;
 pub use config::{OscConfig, OscTarget, RawOsc, RawOscTarget};
 pub use mapping::{
     BoolStyle, MapError, NullStyle, NumberType, ObjectStyle, OscOutOptions, TriggerStyle, TypeTag,
-    args_to_json, from_osc, to_osc,
+    args_to_json, to_osc,
 };
 
 crate::stats::counters! {
@@ -43,7 +43,8 @@ crate::stats::counters! {
         packets_in,
         /// Messages decoded from them (a bundle gives several).
         messages_in,
-        /// Datagrams that were not OSC (or nested too deeply); dropped.
+        /// Datagrams, or elements of their bundles, that could not be read
+        /// as OSC (or nested too deeply); dropped.
         decode_errors,
         /// Datagrams over `max_packet_bytes`; dropped.
         oversized_packets,
@@ -354,22 +355,17 @@ impl Listener {
                 }
                 continue;
             }
-            let packet = match packet::decode(&buf[..len]) {
-                Ok(packet) => packet,
-                Err(err) => {
-                    if let Some(count) = crate::stats::bump_loggable(&self.stats.decode_errors) {
-                        tracing::warn!(
-                            listen = %self.addr, %from, %err, count,
-                            "not an OSC packet; dropped"
-                        );
-                    }
-                    continue;
+            for err in packet::decode(&buf[..len], &mut messages) {
+                if let Some(count) = crate::stats::bump_loggable(&self.stats.decode_errors) {
+                    tracing::warn!(
+                        listen = %self.addr, %from, %err, count,
+                        "unreadable OSC packet or bundle element; dropped"
+                    );
                 }
-            };
-            from_osc(packet, &mut messages);
-            for (address, args) in messages.drain(..) {
+            }
+            for OscMessage { addr, args } in messages.drain(..) {
                 bump(&self.stats.messages_in);
-                let message = Message::value(SourceKind::Osc, address, args_to_json(&args));
+                let message = Message::value(SourceKind::Osc, addr, args_to_json(&args));
                 match self.inbound.try_send(message) {
                     Ok(()) => {}
                     Err(TrySendError::Full(dropped)) => {
