@@ -13,6 +13,7 @@ use base64::Engine as _;
 use rosc::{OscMessage, OscType};
 use serde_json::{Map, Number, Value};
 
+use super::config::MAX_UDP_PAYLOAD;
 use crate::message::Body;
 
 /// How numbers go out. Float32 is the default (TouchDesigner CHOPs take only
@@ -164,6 +165,15 @@ pub enum MapError {
     /// OSC addresses start with `/`.
     #[error("OSC address {0:?} does not start with '/' (or holds a NUL character)")]
     Address(String),
+    /// An address no UDP datagram can carry.
+    #[error("OSC address of {bytes} bytes ({start:?}…) does not fit in a UDP datagram")]
+    AddressTooLong { start: String, bytes: usize },
+    /// An object that splits into more than one message may make.
+    #[error(
+        "{address}: the object splits into more than {MAX_SPLIT_MESSAGES} messages or \
+         {MAX_SPLIT_ADDRESS_BYTES} bytes of addresses (objects = \"json\" sends it whole)"
+    )]
+    SplitTooLarge { address: String },
     /// The fixed type list and the value disagree on the number of arguments.
     #[error(
         "{address}: the fixed types \"{types}\" need {expected} argument(s), \
@@ -185,6 +195,15 @@ impl fmt::Display for TypeList {
     }
 }
 
+/// The most messages one object splits into. With the next limit, this
+/// bounds what a single incoming message can make the bridge build: without
+/// them a long key above many small leaves costs memory quadratic in its size.
+pub const MAX_SPLIT_MESSAGES: usize = 4096;
+
+/// The most bytes of addresses one object's split may build, all levels
+/// counted.
+pub const MAX_SPLIT_ADDRESS_BYTES: usize = 1 << 20;
+
 /// Characters an OSC address may not hold (they are pattern syntax or
 /// separators); object keys carrying them are rewritten to `_`.
 const FORBIDDEN_IN_ADDRESS: &[char] = &[' ', '#', '*', ',', '?', '[', ']', '{', '}', '\0'];
@@ -199,6 +218,7 @@ pub fn to_osc(
     if !address.starts_with('/') || address.contains('\0') {
         return Err(MapError::Address(address.to_owned()));
     }
+    fits_in_a_datagram(address)?;
     let one = Value::from(1);
     let mut parts: Vec<(Cow<'_, str>, &Value)> = Vec::new();
     match body {
@@ -210,7 +230,16 @@ pub fn to_osc(
             return Ok(vec![message(address, args, options)?]);
         }
         Body::Value(Value::Object(map)) if options.objects == ObjectStyle::Split => {
-            split(Cow::Borrowed(address), map, &mut parts);
+            let mut budget = SplitBudget {
+                messages: MAX_SPLIT_MESSAGES,
+                address_bytes: MAX_SPLIT_ADDRESS_BYTES,
+            };
+            split(Cow::Borrowed(address), map, &mut parts, &mut budget).map_err(
+                |err| match err {
+                    SplitError::TooLarge => MapError::SplitTooLarge { address: address.to_owned() },
+                    SplitError::Map(err) => err,
+                },
+            )?;
         }
         Body::Value(value) => parts.push((Cow::Borrowed(address), value)),
     }
@@ -224,15 +253,30 @@ pub fn to_osc(
         .collect()
 }
 
+/// What is left of [`MAX_SPLIT_MESSAGES`] and [`MAX_SPLIT_ADDRESS_BYTES`].
+struct SplitBudget {
+    messages: usize,
+    address_bytes: usize,
+}
+
+enum SplitError {
+    TooLarge,
+    Map(MapError),
+}
+
 /// Collects the leaves of an object with their addresses, depth first in the
 /// map's key order.
 fn split<'a>(
     prefix: Cow<'_, str>,
     map: &'a Map<String, Value>,
     out: &mut Vec<(Cow<'a, str>, &'a Value)>,
-) {
+    budget: &mut SplitBudget,
+) -> Result<(), SplitError> {
     for (key, value) in map {
-        let mut address = String::with_capacity(prefix.len() + key.len() + 1);
+        let length = prefix.len() + key.len() + 1;
+        budget.address_bytes =
+            budget.address_bytes.checked_sub(length).ok_or(SplitError::TooLarge)?;
+        let mut address = String::with_capacity(length);
         address.push_str(&prefix);
         if !address.ends_with('/') {
             address.push('/');
@@ -252,11 +296,27 @@ fn split<'a>(
                 );
             }
         }
+        fits_in_a_datagram(&address).map_err(SplitError::Map)?;
         match value {
-            Value::Object(inner) => split(Cow::Owned(address), inner, out),
-            leaf => out.push((Cow::Owned(address), leaf)),
+            Value::Object(inner) => split(Cow::Owned(address), inner, out, budget)?,
+            leaf => {
+                budget.messages = budget.messages.checked_sub(1).ok_or(SplitError::TooLarge)?;
+                out.push((Cow::Owned(address), leaf));
+            }
         }
     }
+    Ok(())
+}
+
+fn fits_in_a_datagram(address: &str) -> Result<(), MapError> {
+    if address.len() < MAX_UDP_PAYLOAD {
+        return Ok(());
+    }
+    let mut end = 60;
+    while !address.is_char_boundary(end) {
+        end -= 1;
+    }
+    Err(MapError::AddressTooLong { start: address[..end].to_owned(), bytes: address.len() })
 }
 
 /// The arguments a value gives, before any type is chosen: arrays flattened,
@@ -616,6 +676,38 @@ mod tests {
             out("/td", value, &OscOutOptions::default()).into_iter().map(|m| m.addr).collect();
         assert_eq!(addresses, vec!["/td/_", "/td/fader1", "/td/a/_/b", "/td/x"]);
         assert!(addresses.iter().all(|a| !a.contains("//")));
+    }
+
+    #[test]
+    fn an_object_splits_into_at_most_the_message_limit() {
+        let leaves = |n: usize| Value::Object((0..n).map(|i| (i.to_string(), json!(0))).collect());
+        let at_limit = to_osc("/o", &Body::Value(leaves(MAX_SPLIT_MESSAGES)), &Default::default());
+        assert_eq!(at_limit.map(|messages| messages.len()), Ok(MAX_SPLIT_MESSAGES));
+        assert_eq!(
+            to_osc("/o", &Body::Value(leaves(MAX_SPLIT_MESSAGES + 1)), &Default::default()),
+            Err(MapError::SplitTooLarge { address: "/o".into() })
+        );
+    }
+
+    #[test]
+    fn a_long_key_above_many_leaves_is_refused_before_its_addresses_are_built() {
+        // 100 leaves under a 20 kB key would build 2 MB of addresses.
+        let leaves: Map<String, Value> = (0..100).map(|i| (i.to_string(), json!(0))).collect();
+        let value = json!({ "k".repeat(20_000): leaves });
+        assert_eq!(
+            to_osc("/o", &Body::Value(value), &Default::default()),
+            Err(MapError::SplitTooLarge { address: "/o".into() })
+        );
+    }
+
+    #[test]
+    fn an_address_no_datagram_can_carry_is_refused() {
+        let long = format!("/{}", "é".repeat(40_000));
+        let err = to_osc(&long, &Body::Trigger, &Default::default()).unwrap_err();
+        assert!(matches!(&err, MapError::AddressTooLong { bytes: 80_001, .. }), "{err}");
+        let key = json!({ "x".repeat(70_000): 1 });
+        let err = to_osc("/o", &Body::Value(key), &Default::default()).unwrap_err();
+        assert!(matches!(err, MapError::AddressTooLong { bytes: 70_003, .. }));
     }
 
     #[test]
