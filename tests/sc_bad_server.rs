@@ -1,5 +1,6 @@
 //! The SocketCluster client against a scripted server that does what the
-//! real one never does: send malformed, binary and oversized frames.
+//! real one never does: send malformed, binary and oversized frames, stop
+//! reading, or write after our close frame.
 
 use std::time::Duration;
 
@@ -206,4 +207,63 @@ async fn a_server_that_stops_reading_is_given_up_at_the_ping_deadline() {
         .expect("the link task runs");
     tokio::time::timeout(WAIT, server).await.expect("a new attempt").expect("the script ran");
     assert!(ScStats::get(&client.stats().write_failures) >= 1);
+}
+
+/// A server frame as the wire carries it: final, unmasked, short.
+fn raw_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126, "short frames only");
+    let mut frame = vec![0x80 | opcode, payload.len() as u8];
+    frame.extend(payload);
+    frame
+}
+
+/// Publishes the server sent before it read our close frame are not read
+/// any more, but they are counted; the ping among them is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_arriving_while_the_link_closes_are_counted() {
+    use tokio::io::AsyncWriteExt;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("local addr").port();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
+        answer_the_handshake(&mut ws, json!({"id": "late", "pingTimeout": 5000})).await;
+        ack_the_subscribe(&mut ws).await;
+        ws.send(Message::text(r##"{"event":"#publish","data":{"channel":"c","data":0}}"##))
+            .await
+            .expect("send");
+        let close = ws.next().await.expect("a frame").expect("readable");
+        assert!(close.is_close(), "{close:?}");
+        // Written under tungstenite, which sends nothing after a close: what a
+        // server does when its publishes crossed our close on the wire.
+        let tcp = ws.get_mut();
+        for payload in [
+            &br##"{"event":"#publish","data":{"channel":"c","data":1}}"##[..],
+            b"#1",
+            br##"{"event":"#publish","data":{"channel":"c","data":2}}"##,
+            br##"{"event":"#publish","data":{"channel":"c","data":3}}"##,
+        ] {
+            tcp.write_all(&raw_frame(0x1, payload)).await.expect("write");
+        }
+        tcp.write_all(&raw_frame(0x8, &1000u16.to_be_bytes())).await.expect("write");
+    });
+    let config =
+        ScConfig::new(Url::parse(&format!("ws://127.0.0.1:{port}/socketcluster/")).expect("url"));
+    let (client, mut incoming) = ScClient::start(config);
+    client.subscribe("c", false).await;
+    let mut link = client.link_state();
+    let before = tokio::time::timeout(WAIT, incoming.recv()).await.expect("in time");
+    assert_eq!(before, Some(Incoming::Publish { channel: "c".into(), data: json!(0) }));
+
+    client.set_active(false).await;
+
+    tokio::time::timeout(WAIT, link.wait_for(|s| *s == LinkState::Inactive))
+        .await
+        .expect("switched off")
+        .expect("the link task runs");
+    tokio::time::timeout(WAIT, server).await.expect("the script ends").expect("the script ran");
+    assert_eq!(ScStats::get(&client.stats().frames_after_close), 3);
+    assert_eq!(ScStats::get(&client.stats().publishes_in), 1);
+    assert!(incoming.try_recv().is_err(), "nothing read after the close");
 }

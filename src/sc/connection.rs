@@ -380,7 +380,7 @@ impl Connection {
                         }
                     }
                     Output::Close { code, reason } => {
-                        close(&mut ws, code, &reason).await;
+                        close(&mut ws, &self.stats, code, &reason).await;
                         ended = Some(Step::Lost { reason, code: Some(code) });
                     }
                 }
@@ -391,7 +391,7 @@ impl Connection {
             if let Some(step) = step {
                 match &step {
                     Step::Lost { reason, code: Some(code) } if *code >= 4000 => {
-                        close(&mut ws, *code, reason).await
+                        close(&mut ws, &self.stats, *code, reason).await
                     }
                     Step::Lost { .. } | Step::Connected(_) => {}
                     Step::Shutdown(_) => {
@@ -404,10 +404,10 @@ impl Connection {
                             let until = Instant::now() + SHUTDOWN_FLUSH;
                             self.drain_queue(&mut ws, &mut batch, usize::MAX, until).await;
                         }
-                        close(&mut ws, 1000, "shutting down").await;
+                        close(&mut ws, &self.stats, 1000, "shutting down").await;
                     }
-                    Step::Deactivated => close(&mut ws, 1000, "switched off").await,
-                    Step::Reset => close(&mut ws, 1000, "reset").await,
+                    Step::Deactivated => close(&mut ws, &self.stats, 1000, "switched off").await,
+                    Step::Reset => close(&mut ws, &self.stats, 1000, "reset").await,
                 }
                 return step;
             }
@@ -578,15 +578,33 @@ impl Connection {
 /// tungstenite does not check that on write.
 const MAX_CLOSE_REASON: usize = 123;
 
-async fn close(ws: &mut WsStream, code: u16, reason: &str) {
+/// Sends our close frame and waits, a little, for the server's reply. Frames
+/// the server sent before it read ours are not read any more: they are
+/// counted and named in one line.
+async fn close(ws: &mut WsStream, stats: &ScStats, code: u16, reason: &str) {
     let reason = close_reason(reason);
     let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_owned().into() };
+    let mut unread = 0u64;
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         let _ = ws.close(Some(frame)).await;
         // Wait for the server's close reply so the close is clean on its side.
-        while let Some(Ok(_)) = ws.next().await {}
+        while let Some(Ok(frame)) = ws.next().await {
+            // An empty frame or `#1` is a ping, not a message.
+            if let Message::Text(text) = &frame
+                && !matches!(text.as_str(), "" | "#1")
+            {
+                unread += 1;
+            }
+        }
     })
     .await;
+    if unread > 0 {
+        crate::stats::add(&stats.frames_after_close, unread);
+        tracing::warn!(
+            frames = unread,
+            "frames that arrived while the connection was closing were not read"
+        );
+    }
 }
 
 /// The reason cut to fit a close frame, on a character boundary.

@@ -54,6 +54,10 @@ crate::stats::counters! {
         auth_errors,
         /// Pings received.
         pings,
+        /// Text frames that arrived after scbridge began closing the
+        /// connection (shutdown, reset, switched off, a ping timeout); not
+        /// read.
+        frames_after_close,
     }
 }
 
