@@ -212,10 +212,15 @@ fn validate_control(
         }
     }
     if let Some(prefix) = &raw.mqtt {
-        if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.ends_with('/') {
+        if prefix.is_empty()
+            || prefix.contains(['+', '#'])
+            || prefix.ends_with('/')
+            || !crate::mqtt::config::valid_filter(&format!("{prefix}/#"))
+        {
             return Err(problem(
                 "control.mqtt",
-                "a topic prefix like \"scbridge/control\" (no wildcards, no trailing '/')",
+                "a topic prefix like \"scbridge/control\" (no wildcards, no NUL, no trailing '/', \
+                 under 64 KiB)",
             ));
         }
         if mqtt.is_none() {
@@ -225,8 +230,11 @@ fn validate_control(
     let status_topic = match (&raw.status_topic, mqtt) {
         (Some(topic), _) if topic.is_empty() => None,
         (Some(_), None) => return Err(problem("control.status_topic", "needs an [mqtt] table")),
-        (Some(topic), Some(_)) if topic.contains(['+', '#']) => {
-            return Err(problem("control.status_topic", "a topic, not a filter: no '+' or '#'"));
+        (Some(topic), Some(_)) if !crate::mqtt::config::valid_topic(topic) => {
+            return Err(problem(
+                "control.status_topic",
+                "a topic, not a filter: no '+', '#' or NUL, under 64 KiB",
+            ));
         }
         (Some(topic), Some(_)) => Some(topic.clone()),
         (None, Some(mqtt)) => Some(format!("scbridge/{}/socketcluster", mqtt.client_id)),
@@ -613,6 +621,24 @@ mod tests {
         );
         assert_eq!((key.as_str(), line), ("route[0].from.mqtt", 8));
         assert!(message.contains("NUL"), "{message}");
+    }
+
+    #[test]
+    fn control_topics_the_broker_would_refuse_are_named_with_their_line() {
+        let base = "[socketcluster]\nurl = \"ws://h/socketcluster/\"\n[mqtt]\nurl = \"mqtt://h\"\n";
+        for (control, key) in [
+            ("mqtt = \"ctl\\u0000x\"", "control.mqtt"),
+            ("mqtt = \"ctl/+\"", "control.mqtt"),
+            ("mqtt = \"\"", "control.mqtt"),
+            ("status_topic = \"st\\u0000x\"", "control.status_topic"),
+            ("status_topic = \"st/#\"", "control.status_topic"),
+        ] {
+            let (found, line, _) = error_of(&format!("{base}[control]\n{control}\n"));
+            assert_eq!((found.as_str(), line), (key, 6), "{control}");
+        }
+        let long = "x".repeat(70_000);
+        let (found, line, _) = error_of(&format!("{base}[control]\nmqtt = \"{long}\"\n"));
+        assert_eq!((found.as_str(), line), ("control.mqtt", 6));
     }
 
     #[test]
