@@ -47,9 +47,64 @@ pub fn bump_loggable(counter: &std::sync::atomic::AtomicU64) -> Option<u64> {
     worth_logging(count).then_some(count)
 }
 
+/// Paces the log lines of drops that are routine rather than faults (a
+/// message no route wants, a publish on a channel nothing listens to), which
+/// can come thousands a second: the first is said at once, then at most one
+/// line a minute, with the count so far.
+#[derive(Debug, Default)]
+pub struct Routine {
+    next_line: Option<std::time::Instant>,
+}
+
+impl Routine {
+    /// How long a line keeps the next one back.
+    pub const QUIET: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Adds one to a counter; returns the new count when a line is due.
+    pub fn bump(&mut self, counter: &std::sync::atomic::AtomicU64) -> Option<u64> {
+        self.bump_at(counter, std::time::Instant::now())
+    }
+
+    fn bump_at(
+        &mut self,
+        counter: &std::sync::atomic::AtomicU64,
+        now: std::time::Instant,
+    ) -> Option<u64> {
+        let count = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if self.next_line.is_some_and(|next| now < next) {
+            return None;
+        }
+        self.next_line = Some(now + Self::QUIET);
+        Some(count)
+    }
+}
+
 /// True for the counts worth a log line when something keeps failing: the
 /// first, then powers of two, then every thousandth. Keeps a flood of bad
 /// input from flooding the journal too, while the counter stays exact.
 pub fn worth_logging(count: u64) -> bool {
     count.is_power_of_two() || count % 1000 == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Instant;
+
+    #[test]
+    fn a_routine_drop_is_said_first_then_once_a_minute_and_always_counted() {
+        let (counter, mut routine, start) = (AtomicU64::new(0), Routine::default(), Instant::now());
+        assert_eq!(routine.bump_at(&counter, start), Some(1));
+        assert_eq!(routine.bump_at(&counter, start + Routine::QUIET / 2), None);
+        assert_eq!(routine.bump_at(&counter, start + Routine::QUIET), Some(3));
+        assert_eq!(routine.bump_at(&counter, start + Routine::QUIET * 3 / 2), None);
+        assert_eq!(get(&counter), 4);
+    }
+
+    #[test]
+    fn a_failing_drop_is_said_at_powers_of_two_then_every_thousandth() {
+        let said: Vec<u64> = (1..=3000).filter(|&n| worth_logging(n)).collect();
+        assert_eq!(said, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 1024, 2000, 2048, 3000]);
+    }
 }

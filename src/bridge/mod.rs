@@ -442,6 +442,7 @@ pub async fn start(config: Config) -> Result<Running, BridgeError> {
         resend_enabled: false,
         coalescer: Coalescer::default(),
         delay_line: delay::DelayLine::new(router::MAX_DELAYED),
+        quiet: router::QuietDrops::default(),
         out: Vec::new(),
         skipped: Vec::new(),
         table,

@@ -26,7 +26,7 @@ use crate::osc::mapping::OscOutOptions;
 use crate::osc::{OscHandle, OscOut};
 use crate::route::{Outbound, RouteId, RoutingTable, Skip};
 use crate::sc::{Incoming, LinkState, ScClient};
-use crate::stats::bump;
+use crate::stats::{Routine, bump};
 
 /// How many waiting messages the router takes in one turn before it looks
 /// at its other inputs again.
@@ -73,6 +73,17 @@ pub(super) struct Router {
     pub(super) links: CancellationToken,
     /// Outputs waiting for their route's delay.
     pub(super) delay_line: DelayLine,
+    /// When the routine drops below are next worth a log line.
+    pub(super) quiet: QuietDrops,
+}
+
+/// Log pacing for drops that are routine: a sender on a shared OSC port or
+/// MQTT filter sends more than the routes want.
+#[derive(Default)]
+pub(super) struct QuietDrops {
+    unrouted: Routine,
+    unlisted_channels: Routine,
+    unlisted_events: Routine,
 }
 
 impl Router {
@@ -553,17 +564,21 @@ impl Router {
                 }
                 if self.monitored.contains(&channel) {
                     tracing::info!(%channel, %data, "publish");
-                } else {
-                    bump(&stats.unlisted_channels);
-                    tracing::debug!(%channel, "a publish on a channel no route or subscription uses");
+                } else if let Some(count) =
+                    self.quiet.unlisted_channels.bump(&stats.unlisted_channels)
+                {
+                    tracing::info!(
+                        %channel, count,
+                        "a publish on a channel no route or subscription uses; dropped"
+                    );
                 }
             }
             Incoming::Event { event, data } => {
                 if self.events.contains(&event) {
                     self.route(Message::value(SourceKind::ScEvent, event, data));
-                } else {
-                    bump(&stats.unlisted_events);
-                    tracing::debug!(%event, "an event no route listens to");
+                } else if let Some(count) = self.quiet.unlisted_events.bump(&stats.unlisted_events)
+                {
+                    tracing::info!(%event, count, "an event no route listens to; dropped");
                 }
             }
         }
@@ -614,8 +629,11 @@ impl Router {
             &mut self.skipped,
         );
         if self.out.is_empty() && self.skipped.is_empty() {
-            if let Some(count) = crate::stats::bump_loggable(&stats.unrouted) {
-                tracing::debug!(source = message.source.key(), name = %message.name, count, "no route for a message");
+            if let Some(count) = self.quiet.unrouted.bump(&stats.unrouted) {
+                tracing::info!(
+                    source = message.source.key(), name = %message.name, count,
+                    "no route for a message; dropped (said at most once a minute)"
+                );
             }
             return;
         }

@@ -86,6 +86,8 @@ pub struct Session {
     next_order: u64,
     pending: HashMap<u64, Pending>,
     warned_protocol_mismatch: bool,
+    /// Publishes just after an unsubscribe are routine: said once a minute.
+    unsubscribed_publishes: crate::stats::Routine,
 }
 
 impl Session {
@@ -102,6 +104,7 @@ impl Session {
             next_order: 0,
             pending: HashMap::new(),
             warned_protocol_mismatch: false,
+            unsubscribed_publishes: crate::stats::Routine::default(),
         }
     }
 
@@ -497,8 +500,11 @@ impl Session {
             return;
         };
         if !self.subscriptions.contains_key(&channel) {
-            ScStats::bump(&self.stats.publishes_unsubscribed);
-            tracing::debug!(%channel, "publish for a channel we do not hold; dropped");
+            if let Some(count) =
+                self.unsubscribed_publishes.bump(&self.stats.publishes_unsubscribed)
+            {
+                tracing::info!(%channel, count, "publish for a channel we do not hold; dropped");
+            }
             return;
         }
         ScStats::bump(&self.stats.publishes_in);
