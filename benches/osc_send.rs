@@ -25,6 +25,9 @@ use scbridge::stats::get;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+/// How long a run may wait for its datagrams before it fails.
+const GIVE_UP: Duration = Duration::from_secs(60);
+
 fn main() {
     let measuring = std::env::args().any(|a| a == "--bench");
     let count: u64 = if measuring { 100_000 } else { 200 };
@@ -112,12 +115,23 @@ async fn endpoint(to: SocketAddr, count: u64, feed: Feed) -> f64 {
             tokio::task::yield_now().await;
         }
         if let Feed::OneByOne = feed {
-            while get(&osc.stats().messages_out) + get(&osc.stats().send_errors) <= seq {
+            let deadline = std::time::Instant::now() + GIVE_UP;
+            while get(&osc.stats().messages_out) <= seq {
+                assert!(std::time::Instant::now() < deadline, "datagram {seq} never went out");
                 tokio::task::yield_now().await;
             }
         }
     }
-    while get(&osc.stats().messages_out) + get(&osc.stats().send_errors) < count {
+    let deadline = std::time::Instant::now() + GIVE_UP;
+    while get(&osc.stats().messages_out) < count {
+        let stats = osc.stats();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {count} datagrams went out ({} send errors, {} map errors)",
+            get(&stats.messages_out),
+            get(&stats.send_errors),
+            get(&stats.map_errors),
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let spent = thread_cpu_ns() - before;

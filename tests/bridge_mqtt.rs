@@ -3,11 +3,14 @@
 
 mod support;
 
+use std::collections::HashSet;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rosc::{OscMessage, OscType};
-use scbridge::bridge::{self, Running};
+use scbridge::bridge::{self, ReloadReport, Running};
 use scbridge::config::Config;
 use scbridge::stats::get;
 use serde_json::json;
@@ -509,10 +512,17 @@ to = [{ osc = "/exact" }]
 
 /// A route whose filter reloads keep changing (`a/+/c`, `a/b/+`, both
 /// matching the stream's topic) loses nothing of a steady stream: the new
-/// filter is subscribed before the old one is dropped.
+/// filter is subscribed before the old one is dropped. The stream lasts
+/// until every reload is done, however slow the machine.
 async fn a_route_moved_between_overlapping_filters_loses_nothing(protocol: &str) {
-    const MESSAGES: usize = 600;
-    let peers = Peers::start().await;
+    const RELOADS: usize = 20;
+    const AT_LEAST: usize = 600;
+    const AT_MOST: usize = 20_000;
+    let peers = Peers {
+        server: ScServer::start(ScServerOptions::new()).await,
+        broker: Mosquitto::start_configured("log_type subscribe\nlog_type unsubscribe\n").await,
+        td: OscReceiver::bind().await,
+    };
     let route = |filter: &str| {
         format!(
             "\n[[route]]\nname = \"r\"\nfrom = {{ mqtt = \"{filter}\", qos = 1 }}\nto = [{{ osc = \"/r\" }}]\n"
@@ -520,46 +530,59 @@ async fn a_route_moved_between_overlapping_filters_loses_nothing(protocol: &str)
     };
     let running = peers.bridge_over(protocol, &route("a/+/c")).await;
     let port = peers.broker.port();
-    let stream = tokio::spawn(async move {
-        for n in 0..MESSAGES {
-            mosquitto::publish(port, "a/b/c", n.to_string(), 1, false).await;
+    let reloads_done = Arc::new(AtomicUsize::new(0));
+    let stream = tokio::spawn({
+        let reloads_done = reloads_done.clone();
+        async move {
+            let mut published = 0;
+            while published < AT_MOST
+                && (published < AT_LEAST || reloads_done.load(Ordering::Relaxed) < RELOADS)
+            {
+                mosquitto::publish(port, "a/b/c", published.to_string(), 1, false).await;
+                published += 1;
+            }
+            published
         }
     });
-    let streaming = std::sync::atomic::AtomicBool::new(true);
     let reload_while_streaming = async {
-        let mut reloads = 0;
-        while !stream.is_finished() {
-            let filter = if reloads % 2 == 0 { "a/b/+" } else { "a/+/c" };
+        for reload in 0..RELOADS {
+            let filter = if reload % 2 == 0 { "a/b/+" } else { "a/+/c" };
             let config =
                 Config::from_toml(&peers.config_over(protocol, &route(filter)), "test.toml")
                     .expect("valid");
-            running.reload(config).await;
-            reloads += 1;
+            let report = running.reload(config).await;
+            assert_eq!(report, ReloadReport { routes: 1, ..ReloadReport::default() });
+            reloads_done.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        streaming.store(false, std::sync::atomic::Ordering::Relaxed);
-        reloads
     };
     // Read as it comes: the socket's buffer holds only a few hundred.
     let read_until_quiet = async {
-        let mut seen = vec![false; MESSAGES];
+        let mut seen = HashSet::new();
         loop {
             match peers.td.try_next(Duration::from_secs(1)).await {
                 Some(message) => {
                     if let [OscType::Float(n)] = message.args[..] {
-                        seen[n as usize] = true;
+                        seen.insert(n as usize);
                     }
                 }
-                None if !streaming.load(std::sync::atomic::Ordering::Relaxed) => break seen,
+                None if stream.is_finished() => break seen,
                 None => {}
             }
         }
     };
-    let (reloads, seen) = tokio::join!(reload_while_streaming, read_until_quiet);
-    stream.await.expect("the stream was published");
-    let missing: Vec<usize> = (0..MESSAGES).filter(|&n| !seen[n]).collect();
-    assert!(reloads > 5, "the stream outlasted a few reloads ({reloads})");
-    assert_eq!(missing, Vec::<usize>::new(), "lost over {reloads} reloads");
+    let ((), seen) = tokio::join!(reload_while_streaming, read_until_quiet);
+    let published = stream.await.expect("the stream was published");
+    assert!(published < AT_MOST, "the reloads outlasted {AT_MOST} messages");
+    let missing: Vec<usize> = (0..published).filter(|n| !seen.contains(n)).collect();
+    assert_eq!(missing, Vec::<usize>::new(), "lost over {RELOADS} reloads");
+    // The broker saw the route's filter move each time.
+    let log = peers.broker.log();
+    let subscribed = |filter: &str| {
+        log.lines().filter(|l| l.ends_with(&format!(" bridge-test 1 {filter}"))).count()
+    };
+    assert_eq!(subscribed("a/b/+"), RELOADS / 2, "{log}");
+    assert_eq!(subscribed("a/+/c"), RELOADS / 2 + 1, "{log}");
     running.stop().await;
 }
 

@@ -557,8 +557,10 @@ delay_ms = 60000
     send_osc(osc_port(&running), "/later", vec![OscType::Int(7)]).await;
     server.next_line_matching(|l| l == format!("PUBLISH {socket_id} fader 0"), WAIT).await;
     let routes = running.routes();
+    // `sent` is counted once queued, which can be a moment after the server
+    // has the publish.
     wait_until(
-        || get(&routes[0].matched) == 2 && get(&routes[1].matched) == 1,
+        || get(&routes[0].matched) == 2 && get(&routes[1].matched) == 1 && get(&routes[0].sent) > 0,
         WAIT,
         "all three routed",
     )

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use scbridge::http::{
-    Health, MAX_CONNECTIONS, MetricFamily, MetricKind, Observe, RecentLog, Sample, start,
+    Health, MAX_CONNECTIONS, MetricFamily, MetricKind, Observe, REQUEST_TIMEOUT, RecentLog, Sample,
+    start,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -277,8 +278,16 @@ async fn an_oversized_head_is_refused() {
 #[tokio::test(start_paused = true)]
 async fn a_silent_client_is_disconnected_after_the_request_timeout() {
     let running = start_listener().await;
-    let response = exchange(running.addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await;
+    let mut stream = TcpStream::connect(running.addr).await.expect("the listener accepts");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await.expect("the request starts");
+    let started = tokio::time::Instant::now();
+    let mut response = Vec::new();
+    let before =
+        timeout(REQUEST_TIMEOUT - Duration::from_secs(1), stream.read_to_end(&mut response));
+    assert!(before.await.is_err(), "closed before the timeout: {response:?}");
+    timeout(WAIT, stream.read_to_end(&mut response)).await.expect("closed").expect("read");
     assert!(response.is_empty(), "{:?}", String::from_utf8_lossy(&response));
+    assert!(started.elapsed() >= REQUEST_TIMEOUT, "closed after {:?}", started.elapsed());
 }
 
 /// Beyond the connection limit a client waits until a slot frees, then is served.

@@ -365,8 +365,7 @@ async fn a_failed_send_is_counted_and_the_next_message_to_a_live_target_still_ar
     assert_eq!(get(&stats.send_errors), 1);
     wait_for_count(&stats.messages_out, 2).await;
     assert_eq!(get(&stats.messages_out), 2);
-    let mut buffer = [0u8; 64];
-    assert!(nobody.try_recv(&mut buffer).is_err(), "the target nobody listens on heard /nobody");
+    drop(nobody);
 }
 
 /// A value the route's fixed types cannot take, and a target index that

@@ -134,7 +134,10 @@ async fn a_server_that_drops_each_connection_after_the_handshake_meets_the_recon
             answer_the_handshake(&mut ws, data).await;
             ack_the_subscribe(&mut ws).await;
             if connection == 0 {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // A frame sent after the handshake, not a close: the zero
+                // timeout left the connection up.
+                let still_up = next_json(&mut ws).await;
+                assert_eq!(still_up["event"], "#publish", "{still_up}");
                 let alive = json!({"event": "#publish", "data": {"channel": "c", "data": "alive"}});
                 ws.send(Message::text(alive.to_string())).await.expect("send");
                 ws.close(None).await.expect("close without a status");
@@ -150,6 +153,7 @@ async fn a_server_that_drops_each_connection_after_the_handshake_meets_the_recon
     config.reconnect.max_delay = Duration::from_millis(300);
     let (client, mut incoming) = ScClient::start(config);
     client.subscribe("c", false).await;
+    client.publish("c", &json!("after the handshake"));
     let mut link = client.link_state();
 
     let message =

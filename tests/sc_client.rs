@@ -169,6 +169,9 @@ async fn a_restarted_server_gets_every_subscription_back_exactly_once() {
         next_incoming(&mut incoming).await,
         Incoming::Publish { channel: "b".into(), data: json!("after restart") }
     );
+    // The publish went out after every subscribe the client sent was read,
+    // so a duplicate would be among the lines by now.
+    assert_eq!(server.count_lines("SUBSCRIBE "), 6, "{:?}", server.lines_so_far());
     assert_eq!(counter(&client, |s| &s.connections), 2);
 }
 
@@ -222,10 +225,14 @@ async fn a_wait_for_auth_channel_is_subscribed_after_login() {
         )
         .await;
     let lines = server.lines_so_far();
-    let position = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix));
+    let position = |prefix: String| {
+        lines.iter().position(|l| l.starts_with(&prefix)).unwrap_or_else(|| {
+            panic!("no line starting {prefix:?}: {lines:?}");
+        })
+    };
     assert!(
-        position(&format!("AUTHENTICATED {socket_id}"))
-            < position(&format!("SUBSCRIBE {socket_id} private")),
+        position(format!("AUTHENTICATED {socket_id}"))
+            < position(format!("SUBSCRIBE {socket_id} private")),
         "subscribed before authenticated: {lines:?}"
     );
     assert_eq!(server.count_lines(&format!("SUBSCRIBE {socket_id} private ")), 1);

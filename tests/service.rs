@@ -406,6 +406,13 @@ async fn the_http_listener_shows_counters_moving_health_and_recent_messages() {
         send_osc(osc_addr, "/a", vec![OscType::Int(n)]).await;
     }
     server.next_line_matching(|l| l == format!("PUBLISH {socket_id} chan-a 2"), WAIT).await;
+    // Counted once queued, which can be a moment after the server has it.
+    wait_until(
+        || async { metric(&http_get(http, "/metrics").await.1, sent) == 3.0 },
+        WAIT,
+        "/metrics counts the three sent",
+    )
+    .await;
     let (_, body) = http_get(http, "/metrics").await;
     assert_eq!(metric(&body, sent), 3.0, "{body}");
     assert_eq!(metric(&body, r#"scbridge_link_up{link="socketcluster"}"#), 1.0, "{body}");
@@ -464,7 +471,7 @@ async fn secrets_never_reach_the_log_or_check_output() {
     let dir = TempDir::new("secrets");
     let notify = NotifySocket::bind(dir.path());
     let config_text = service_config(&server, &td, &format!(
-        "[mqtt]\nurl = \"{}\"\nusername = \"bridge\"\npassword = \"MQTT-PASSWORD-0451\"\n",
+        "[mqtt]\nurl = \"{}\"\nclient_id = \"secrets-test\"\nusername = \"bridge\"\npassword = \"MQTT-PASSWORD-0451\"\n",
         broker.url()
     ))
     .replace(
@@ -477,10 +484,14 @@ async fn secrets_never_reach_the_log_or_check_output() {
     let (code, stdout, stderr) =
         run_to_end(&["check", "--config", config.to_str().expect("utf-8")]).await;
     assert_eq!(code, 0, "{stderr}");
+    let mut availability =
+        mosquitto::subscribe(broker.port(), "scbridge/secrets-test/availability").await;
     let mut daemon =
         Daemon::start(&config, &[("NOTIFY_SOCKET", notify.path().to_str().expect("utf-8"))]);
     notify.wait_for("READY=1", WAIT).await;
     server.next_socket_id(WAIT).await;
+    // Both links logged in, so every line that could carry a secret ran.
+    assert_eq!(availability.next_message(WAIT).await.text(), "online");
     daemon.signal("TERM").await;
     assert_eq!(daemon.wait(WAIT).await, 0);
     let everything = format!("{stdout}{stderr}{}", daemon.log());

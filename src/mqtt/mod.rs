@@ -325,9 +325,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_broker_is_retried_not_an_error() {
-        // Port 1 on loopback refuses connections at once.
+        // Bound and never listening: the port refuses connections at once,
+        // and nobody else can take it while the test runs.
+        let closed = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        closed.bind(([127, 0, 0, 1], 0).into()).expect("bind a loopback port");
+        let port = closed.local_addr().expect("bound").port();
         let (inbound, _rx) = mpsc::channel(1);
-        let mut config = MqttConfig::new("127.0.0.1", 1).with_client_id("retry-test");
+        let mut config = MqttConfig::new("127.0.0.1", port).with_client_id("retry-test");
         config.reconnect_delay = Duration::from_millis(50);
         config.reconnect_max_delay = Duration::from_millis(50);
         let shutdown = CancellationToken::new();

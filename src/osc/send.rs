@@ -143,7 +143,9 @@ mod tests {
         let mut buf = [0u8; 1024];
         let mut packets = Vec::new();
         while packets.len() < count {
-            let len = socket.recv(&mut buf).await.expect("receive");
+            let received =
+                tokio::time::timeout(std::time::Duration::from_secs(10), socket.recv(&mut buf));
+            let len = received.await.expect("a datagram within 10 s").expect("receive");
             let (_, packet) = rosc::decoder::decode_udp(&buf[..len]).expect("an OSC packet");
             packets.push(packet);
         }
