@@ -273,9 +273,12 @@ fn split<'a>(
     budget: &mut SplitBudget,
 ) -> Result<(), SplitError> {
     for (key, value) in map {
+        // Checked before the address is built, charged at its real length
+        // after (an empty level adds a `_`).
         let length = prefix.len() + key.len() + 1;
-        budget.address_bytes =
-            budget.address_bytes.checked_sub(length).ok_or(SplitError::TooLarge)?;
+        if length > budget.address_bytes {
+            return Err(SplitError::TooLarge);
+        }
         let mut address = String::with_capacity(length);
         address.push_str(&prefix);
         if !address.ends_with('/') {
@@ -296,6 +299,8 @@ fn split<'a>(
                 );
             }
         }
+        budget.address_bytes =
+            budget.address_bytes.checked_sub(address.len()).ok_or(SplitError::TooLarge)?;
         fits_in_a_datagram(&address).map_err(SplitError::Map)?;
         match value {
             Value::Object(inner) => split(Cow::Owned(address), inner, out, budget)?,
@@ -308,8 +313,10 @@ fn split<'a>(
     Ok(())
 }
 
+/// Whether a message to `address` fits in a datagram at all: the address
+/// with its NUL, padded to four bytes, and an empty type tag string.
 fn fits_in_a_datagram(address: &str) -> Result<(), MapError> {
-    if address.len() < MAX_UDP_PAYLOAD {
+    if (address.len() / 4 + 1) * 4 + 4 <= MAX_UDP_PAYLOAD {
         return Ok(());
     }
     let mut end = 60;
@@ -705,6 +712,14 @@ mod tests {
         let long = format!("/{}", "é".repeat(40_000));
         let err = to_osc(&long, &Body::Trigger, &Default::default()).unwrap_err();
         assert!(matches!(&err, MapError::AddressTooLong { bytes: 80_001, .. }), "{err}");
+        // The longest address whose message, NUL and padding and type tags
+        // included, still fits in one datagram.
+        let longest = format!("/{}", "a".repeat(65_498));
+        let fits = to_osc(&longest, &Body::Trigger, &Default::default()).expect("fits");
+        let packet = rosc::OscPacket::Message(fits.into_iter().next().expect("one message"));
+        assert!(rosc::encoder::encode(&packet).expect("encodes").len() <= MAX_UDP_PAYLOAD);
+        let one_more = format!("{longest}a");
+        assert!(to_osc(&one_more, &Body::Trigger, &Default::default()).is_err());
         let key = json!({ "x".repeat(70_000): 1 });
         let err = to_osc("/o", &Body::Value(key), &Default::default()).unwrap_err();
         assert!(matches!(err, MapError::AddressTooLong { bytes: 70_003, .. }));

@@ -44,7 +44,8 @@ crate::stats::counters! {
         /// Messages decoded from them (a bundle gives several).
         messages_in,
         /// Datagrams, or elements of their bundles, that could not be read
-        /// as OSC (or nested too deeply); dropped.
+        /// as OSC (or nested too deeply); dropped. Counted per unreadable
+        /// part, so one datagram can count several times.
         decode_errors,
         /// Datagrams over `max_packet_bytes`; dropped.
         oversized_packets,

@@ -27,6 +27,8 @@ pub enum DecodeError {
     ElementPastEnd { size: usize, left: usize },
     #[error("bundle element of {0} bytes, not a multiple of 4")]
     Unaligned(usize),
+    #[error("{0} bytes after the last bundle element, too few for another")]
+    TrailingBytes(usize),
     #[error("{0}")]
     Osc(rosc::OscError),
 }
@@ -66,7 +68,7 @@ fn decode_part(
     };
     while !rest.is_empty() {
         let Some((size, after_size)) = rest.split_first_chunk::<4>() else {
-            errors.push(DecodeError::ElementPastEnd { size: 4, left: rest.len() });
+            errors.push(DecodeError::TrailingBytes(rest.len()));
             return;
         };
         let size = u32::from_be_bytes(*size) as usize;
@@ -213,6 +215,16 @@ mod tests {
         let (delivered, errors) = addresses(&bytes);
         assert_eq!(delivered, ["/first", "/last"]);
         assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn bytes_too_few_for_another_element_are_reported_after_the_elements() {
+        let first = encoded(&message("/first", vec![]));
+        let mut bytes = bundle_of(&[(first.len() as u32, &first)]);
+        bytes.extend(b"\0\0");
+        let (delivered, errors) = addresses(&bytes);
+        assert_eq!(delivered, ["/first"]);
+        assert!(matches!(errors[..], [DecodeError::TrailingBytes(2)]), "{errors:?}");
     }
 
     #[test]
