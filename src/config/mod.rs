@@ -237,7 +237,17 @@ fn validate_control(
             ));
         }
         (Some(topic), Some(_)) => Some(topic.clone()),
-        (None, Some(mqtt)) => Some(format!("scbridge/{}/socketcluster", mqtt.client_id)),
+        (None, Some(mqtt)) => {
+            let topic = format!("scbridge/{}/socketcluster", mqtt.client_id);
+            if !crate::mqtt::config::valid_topic(&topic) {
+                return Err(problem(
+                    "mqtt.client_id",
+                    "contains + or # (or is too long), so the default control.status_topic \
+                     is invalid; set control.status_topic",
+                ));
+            }
+            Some(topic)
+        }
         (None, None) => None,
     };
     let osc_status = match &raw.osc_status_target {
@@ -636,6 +646,9 @@ mod tests {
             let (found, line, _) = error_of(&format!("{base}[control]\n{control}\n"));
             assert_eq!((found.as_str(), line), (key, 6), "{control}");
         }
+        let (found, line, _) =
+            error_of(&format!("{}client_id = \"a+b\"\navailability_topic = \"avail\"\n", base));
+        assert_eq!((found.as_str(), line), ("mqtt.client_id", 5));
         let long = "x".repeat(70_000);
         let (found, line, _) = error_of(&format!("{base}[control]\nmqtt = \"{long}\"\n"));
         assert_eq!((found.as_str(), line), ("control.mqtt", 6));
