@@ -82,6 +82,7 @@ pub(super) struct Router {
 #[derive(Default)]
 pub(super) struct QuietDrops {
     unrouted: Routine,
+    loops: Routine,
     unlisted_channels: Routine,
     unlisted_events: Routine,
 }
@@ -649,7 +650,15 @@ impl Router {
             }
             match skip {
                 Skip::Disabled => bump(&route_stats.disabled),
-                Skip::Loop => bump(&route_stats.loops),
+                Skip::Loop => {
+                    if let Some(count) = self.quiet.loops.bump(&route_stats.loops) {
+                        let route = &table.routes()[id.0].name;
+                        tracing::info!(
+                            %route, name = %message.name, count,
+                            "output skipped: it would go back where the message came from"
+                        );
+                    }
+                }
                 Skip::BadName => {
                     if let Some(count) = crate::stats::bump_loggable(&route_stats.bad_names) {
                         let route = &table.routes()[id.0].name;
@@ -672,8 +681,12 @@ impl Router {
                 let key = (out.route.0, out.destination, out.name.clone());
                 if self.last_values.len() < RESEND_MEMORY || self.last_values.contains_key(&key) {
                     self.last_values.insert(key, out.clone());
-                } else {
-                    bump(&stats.resend_memory_full);
+                } else if let Some(count) = crate::stats::bump_loggable(&stats.resend_memory_full) {
+                    tracing::warn!(
+                        count,
+                        limit = RESEND_MEMORY,
+                        "resend memory full: this value will not be resent"
+                    );
                 }
             }
             if let Some(interval) = route.min_interval {
