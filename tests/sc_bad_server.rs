@@ -134,8 +134,8 @@ async fn a_server_that_drops_each_connection_after_the_handshake_meets_the_recon
             answer_the_handshake(&mut ws, data).await;
             ack_the_subscribe(&mut ws).await;
             if connection == 0 {
-                // A frame sent after the handshake, not a close: the zero
-                // timeout left the connection up.
+                // The client's publish, then our "alive" reaching its
+                // consumer, show the zero timeout left the connection up.
                 let still_up = next_json(&mut ws).await;
                 assert_eq!(still_up["event"], "#publish", "{still_up}");
                 let alive = json!({"event": "#publish", "data": {"channel": "c", "data": "alive"}});
