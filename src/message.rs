@@ -51,15 +51,23 @@ pub struct Message {
     /// The topic, trigger name, channel, event name, OSC address or MQTT topic.
     pub name: String,
     pub body: Body,
+    /// A value the source kept and sent again, not news: an MQTT retained
+    /// message the broker delivers on (re)subscribing.
+    pub retained: bool,
 }
 
 impl Message {
     pub fn value(source: SourceKind, name: impl Into<String>, value: Value) -> Self {
-        Message { source, name: name.into(), body: Body::Value(value) }
+        Message { source, name: name.into(), body: Body::Value(value), retained: false }
     }
 
     pub fn trigger(source: SourceKind, name: impl Into<String>) -> Self {
-        Message { source, name: name.into(), body: Body::Trigger }
+        Message { source, name: name.into(), body: Body::Trigger, retained: false }
+    }
+
+    /// The same message, marked as a kept value replayed by its source.
+    pub fn retained(self, retained: bool) -> Self {
+        Message { retained, ..self }
     }
 }
 

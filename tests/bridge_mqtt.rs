@@ -428,6 +428,49 @@ mqtt = "scbridge/control"
     running.stop().await;
 }
 
+/// A retained control message comes back with every (re)subscription. A
+/// retained route switch is state, and holds; a retained `reset` is an
+/// action, and is not repeated: only a live one resets the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_reset_is_not_carried_out_but_a_retained_route_switch_is() {
+    let peers = Peers::start().await;
+    let port = peers.broker.port();
+    mosquitto::publish(port, "scbridge/control/reset", "1", 1, true).await;
+    let switch_off = r#"{"name": "levels", "enabled": 0}"#;
+    mosquitto::publish(port, "scbridge/control/route", switch_off, 1, true).await;
+    let running = peers
+        .bridge(
+            r#"
+[[route]]
+name = "levels"
+from = { osc = "/level/*" }
+to = [{ mqtt = "levels/+" }]
+
+[control]
+mqtt = "scbridge/control"
+"#,
+        )
+        .await;
+    let stats = running.stats.clone();
+    wait_until(
+        || get(&stats.retained_actions) == 1 && get(&stats.control_commands) == 1,
+        WAIT,
+        "the retained reset ignored and the retained switch carried out",
+    )
+    .await;
+    let routes = running.routes();
+    send_osc(osc_in(&running), "/level/a", vec![OscType::Float(0.5)]).await;
+    wait_until(|| get(&routes[0].disabled) == 1, WAIT, "the route is switched off").await;
+    assert_eq!(get(&running.sc().stats().connections), 1, "the retained reset left the link up");
+
+    mosquitto::publish(port, "scbridge/control/reset", "1", 1, false).await;
+    let sc = running.sc();
+    wait_until(|| get(&sc.stats().connections) == 2, WAIT, "a live reset reconnects").await;
+    assert_eq!(get(&stats.retained_actions), 1);
+    assert_eq!(get(&stats.control_commands), 2);
+    running.stop().await;
+}
+
 /// A reload that only changes which MQTT topics routes listen to changes
 /// the subscriptions on the live connection: no reconnect, the new topic
 /// is heard (its retained value first), the dropped one no longer is.

@@ -93,6 +93,9 @@ crate::stats::counters! {
         control_commands,
         /// Control messages that made no sense.
         bad_control_commands,
+        /// Retained `reset` or `resend` messages the broker replayed; not
+        /// carried out, since they act once, when sent.
+        retained_actions,
         /// Config reloads applied.
         reloads,
         /// Last values not remembered for `resend` (the memory was full).

@@ -603,6 +603,20 @@ impl Router {
     fn route(&mut self, message: Message) {
         if let Some(command) = self.control_command(&message) {
             match command {
+                // A retained command comes back with every reconnect: state
+                // (`active`, `route`) is simply set again, but an action would
+                // be repeated each time.
+                Ok(Control::Reset | Control::Resend) if message.retained => {
+                    if let Some(count) =
+                        crate::stats::bump_loggable(&self.outputs.stats.retained_actions)
+                    {
+                        tracing::warn!(
+                            name = %message.name, count,
+                            "ignored a retained control action: reset and resend act only when \
+                             sent live; clear it with an empty retained publish"
+                        );
+                    }
+                }
                 Ok(control) => {
                     bump(&self.outputs.stats.control_commands);
                     self.apply_now(control);

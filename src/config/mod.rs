@@ -250,6 +250,25 @@ fn validate_control(
         }
         (None, None) => None,
     };
+    // Our own retained publishes under the control prefix would come back,
+    // at every reconnect, as control messages.
+    if let Some(prefix) = &raw.mqtt {
+        let under_prefix = |topic: &str| {
+            topic.strip_prefix(prefix.as_str()).is_some_and(|rest| rest.starts_with('/'))
+        };
+        if status_topic.as_deref().is_some_and(under_prefix) {
+            return Err(problem(
+                "control.status_topic",
+                "lies under control.mqtt, so it would come back as a control message",
+            ));
+        }
+        if mqtt.and_then(|m| m.availability_topic.as_deref()).is_some_and(under_prefix) {
+            return Err(problem(
+                "mqtt.availability_topic",
+                "lies under control.mqtt, so it would come back as a control message",
+            ));
+        }
+    }
     let osc_status = match &raw.osc_status_target {
         None => None,
         Some(name) => {
@@ -649,6 +668,13 @@ mod tests {
         let (found, line, _) =
             error_of(&format!("{}client_id = \"a+b\"\navailability_topic = \"avail\"\n", base));
         assert_eq!((found.as_str(), line), ("mqtt.client_id", 5));
+        let (found, _, _) =
+            error_of(&format!("{base}[control]\nmqtt = \"ctl\"\nstatus_topic = \"ctl/status\"\n"));
+        assert_eq!(found, "control.status_topic");
+        let (found, _, _) = error_of(&format!(
+            "{base}availability_topic = \"ctl/up\"\n[control]\nmqtt = \"ctl\"\n"
+        ));
+        assert_eq!(found, "mqtt.availability_topic");
         let long = "x".repeat(70_000);
         let (found, line, _) = error_of(&format!("{base}[control]\nmqtt = \"{long}\"\n"));
         assert_eq!((found.as_str(), line), ("control.mqtt", 6));

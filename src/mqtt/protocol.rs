@@ -176,6 +176,15 @@ impl IncomingPublish {
             IncomingPublish::V5(p) => &p.payload,
         }
     }
+
+    /// Set by the broker on a retained message it replays to a new
+    /// subscription.
+    pub fn retain(&self) -> bool {
+        match self {
+            IncomingPublish::V311(p) => p.retain,
+            IncomingPublish::V5(p) => p.retain,
+        }
+    }
 }
 
 /// What the endpoint reacts to; everything else is [`Event::Other`].

@@ -755,7 +755,8 @@ impl Driver {
             return;
         }
         crate::stats::bump(&stats.messages_in);
-        let message = Message::value(SourceKind::Mqtt, topic.as_ref(), payload::decode(payload));
+        let message = Message::value(SourceKind::Mqtt, topic.as_ref(), payload::decode(payload))
+            .retained(publish.retain());
         match self.inbound.try_send(message) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(message)) => {
