@@ -58,6 +58,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 
+/// How many answered connections may linger at once. Past that a
+/// connection is closed as soon as it is answered: a client that keeps
+/// opening connections and never closes them must not hold file
+/// descriptors the links need.
+const MAX_LINGERING: usize = 64;
+
 /// Pause after a failed `accept`, so that a lasting error (out of file
 /// descriptors) does not spin a core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -290,6 +296,7 @@ async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let lingering = Arc::new(Semaphore::new(MAX_LINGERING));
     let mut accept_errors = 0u64;
     loop {
         // A slot is taken before accepting, so that connections beyond the
@@ -311,6 +318,7 @@ async fn accept_loop(
             Ok((stream, peer)) => {
                 let observe = Arc::clone(&observe);
                 let shutdown = shutdown.clone();
+                let lingering = Arc::clone(&lingering);
                 tokio::spawn(async move {
                     let answered = tokio::select! {
                         biased;
@@ -320,7 +328,8 @@ async fn accept_loop(
                     // The answer is out: the slot is free for the next client
                     // even while this one takes its time to close.
                     drop(permit);
-                    if let Some(stream) = answered {
+                    let Some(stream) = answered else { return };
+                    if let Ok(_lingering) = lingering.try_acquire_owned() {
                         tokio::select! {
                             biased;
                             () = shutdown.cancelled() => {}
