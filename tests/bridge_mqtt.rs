@@ -419,12 +419,16 @@ mqtt = "scbridge/control"
     assert_eq!(events.next_message(WAIT).await.text(), "bang");
 
     running.control(scbridge::bridge::Control::Resend).await;
+    // A second one straight after is refused: a flood of resends must not
+    // become a flood of outputs.
+    running.control(scbridge::bridge::Control::Resend).await;
     let mut again = [levels.next_message(WAIT).await, levels.next_message(WAIT).await];
     again.sort_by(|a, b| a.topic.cmp(&b.topic));
     let again: Vec<(&str, String)> = again.iter().map(|m| (m.topic.as_str(), m.text())).collect();
     assert_eq!(again, vec![("levels/a", "0.2".to_owned()), ("levels/b", "0.3".to_owned())]);
     levels.expect_nothing(Duration::from_millis(300)).await;
     events.expect_nothing(Duration::from_millis(100)).await;
+    assert_eq!(get(&running.stats.resends_refused), 1);
     running.stop().await;
 }
 

@@ -96,6 +96,9 @@ crate::stats::counters! {
         /// Retained `reset` or `resend` messages the broker replayed; not
         /// carried out, since they act once, when sent.
         retained_actions,
+        /// `resend` commands refused because one ran less than a second
+        /// before.
+        resends_refused,
         /// Config reloads applied.
         reloads,
         /// Last values not remembered for `resend` (the memory was full).
@@ -446,6 +449,7 @@ pub async fn start(config: Config) -> Result<Running, BridgeError> {
         coalescer: Coalescer::default(),
         delay_line: delay::DelayLine::new(router::MAX_DELAYED),
         quiet: router::QuietDrops::default(),
+        last_resend: None,
         out: Vec::new(),
         skipped: Vec::new(),
         table,

@@ -37,6 +37,9 @@ const RESEND_MEMORY: usize = 10_000;
 /// beyond this they are dropped and counted, so that a flood into a delayed
 /// route cannot pile up without bound.
 pub(super) const MAX_DELAYED: usize = 10_000;
+/// A resend sends up to [`RESEND_MEMORY`] outputs at once; a flood of
+/// resend commands must not become a flood of outputs.
+const MIN_RESEND_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) struct Router {
     pub(super) config: Config,
@@ -75,6 +78,8 @@ pub(super) struct Router {
     pub(super) delay_line: DelayLine,
     /// When the routine drops below are next worth a log line.
     pub(super) quiet: QuietDrops,
+    /// When the last `resend` was carried out.
+    pub(super) last_resend: Option<tokio::time::Instant>,
 }
 
 /// Log pacing for drops that are routine: a sender on a shared OSC port or
@@ -799,6 +804,19 @@ impl Router {
                 }
             },
             Control::Resend => {
+                let now = tokio::time::Instant::now();
+                if self.last_resend.is_some_and(|last| now < last + MIN_RESEND_INTERVAL) {
+                    if let Some(count) =
+                        crate::stats::bump_loggable(&self.outputs.stats.resends_refused)
+                    {
+                        tracing::warn!(
+                            count,
+                            "control: resend refused, the last one was under a second ago"
+                        );
+                    }
+                    return;
+                }
+                self.last_resend = Some(now);
                 tracing::info!(
                     values = self.last_values.len(),
                     "control: sending every state route's last value again"
