@@ -765,6 +765,8 @@ impl Driver {
                 }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
+                // Only during a stop; counted like the SocketCluster side.
+                crate::stats::bump(&stats.inbound_queue_full);
                 tracing::debug!("no consumer for incoming MQTT messages");
             }
         }

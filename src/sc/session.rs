@@ -431,11 +431,16 @@ impl Session {
             "#publish" => self.on_publish(data, out),
             "#kickOut" => {
                 let field = |key| data.as_ref().and_then(|d| d.get(key)).and_then(Value::as_str);
-                let channel = field("channel").unwrap_or_default().to_owned();
+                let Some(channel) = field("channel") else {
+                    if let Some(count) = crate::stats::bump_loggable(&self.stats.malformed_frames) {
+                        tracing::warn!(count, "#kickOut without a channel name; ignored");
+                    }
+                    return;
+                };
                 let message = field("message").unwrap_or_default();
                 ScStats::bump(&self.stats.kick_outs);
                 tracing::warn!(%channel, %message, "kicked out of the channel by the server; not re-subscribing");
-                self.subscriptions.remove(&channel);
+                self.subscriptions.remove(channel);
             }
             "#setAuthToken" => {
                 match data.as_ref().and_then(|d| d.get("token")).and_then(Value::as_str) {
@@ -731,6 +736,18 @@ mod tests {
         s.on_closed();
         let out = open(&mut s, false);
         assert!(sent(&out).is_empty(), "a kicked-out channel is not re-subscribed");
+    }
+
+    #[test]
+    fn a_kick_out_without_a_channel_is_malformed_and_keeps_every_subscription() {
+        let mut s = session();
+        let mut out = Vec::new();
+        s.subscribe("room", false, &mut out);
+        open(&mut s, false);
+        s.on_text(r##"{"event":"#kickOut","data":{"message":"go away"}}"##, &mut out);
+        assert_eq!(s.subscriptions().len(), 1);
+        assert_eq!(ScStats::get(&s.stats.kick_outs), 0);
+        assert_eq!(ScStats::get(&s.stats.malformed_frames), 1);
     }
 
     #[test]
