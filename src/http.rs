@@ -142,7 +142,9 @@ pub trait Observe: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct RecentLog {
     capacity: usize,
-    entries: Mutex<VecDeque<serde_json::Value>>,
+    /// Shared, so that a snapshot copies pointers under the lock the
+    /// router takes for every message, and the values after it.
+    entries: Mutex<VecDeque<Arc<serde_json::Value>>>,
 }
 
 impl RecentLog {
@@ -166,12 +168,23 @@ impl RecentLog {
         while entries.len() >= self.capacity {
             entries.pop_front();
         }
-        entries.push_back(entry);
+        entries.push_back(Arc::new(entry));
     }
 
     /// A copy of the entries, oldest first.
     pub fn snapshot(&self) -> Vec<serde_json::Value> {
-        self.lock().iter().cloned().collect()
+        let shared: Vec<Arc<serde_json::Value>> = self.lock().iter().cloned().collect();
+        shared.iter().map(|entry| serde_json::Value::clone(entry)).collect()
+    }
+
+    /// How many entries the log holds now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether the log holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// How many entries the log keeps at most.
@@ -179,7 +192,7 @@ impl RecentLog {
         self.capacity
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<serde_json::Value>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<serde_json::Value>>> {
         // A panic elsewhere while holding the lock leaves a deque that is
         // still valid; keep using it rather than spreading the panic.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)

@@ -132,7 +132,7 @@ impl Observe for BridgeObserver {
             let up = *mqtt.link_state().borrow() == MqttLinkState::Connected;
             link_samples.push(labelled(&[("link", "mqtt")], f64::from(u8::from(up))));
         }
-        queue_samples.push(labelled(&[("queue", "recent")], self.recent.snapshot().len() as f64));
+        queue_samples.push(labelled(&[("queue", "recent")], self.recent.len() as f64));
         families.push(family(
             "scbridge_link_up",
             "1 while the link is connected.",
