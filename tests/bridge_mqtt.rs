@@ -475,6 +475,43 @@ mqtt = "scbridge/control"
     running.stop().await;
 }
 
+/// A TouchDesigner button sends 1 when pressed and 0 when let go. A press
+/// resets the link once and its release does nothing; a second press
+/// within a second is refused rather than cutting the reconnect short, and
+/// a press after that resets again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_button_resets_once_a_press_and_at_most_once_a_second() {
+    let peers = Peers::start().await;
+    let running = peers.bridge("\n[control]\nosc = \"/scbridge\"\n").await;
+    let stats = running.stats.clone();
+    let sc = running.sc();
+    let button = osc_in(&running);
+    for value in [1.0, 0.0, 1.0, 0.0] {
+        send_osc(button, "/scbridge/reset", vec![OscType::Float(value)]).await;
+    }
+    wait_until(
+        || get(&stats.control_releases) == 2 && get(&stats.resets_refused) == 1,
+        WAIT,
+        "both releases ignored and the second press refused",
+    )
+    .await;
+    wait_until(|| get(&sc.stats().connections) == 2, WAIT, "the first press reconnects").await;
+    assert_eq!(get(&stats.control_commands), 2, "two presses, one carried out");
+
+    wait_until(
+        || async {
+            send_osc(button, "/scbridge/reset", vec![OscType::Float(1.0)]).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            get(&sc.stats().connections) == 3
+        },
+        WAIT,
+        "a press a second later resets again",
+    )
+    .await;
+    assert_eq!(get(&stats.control_releases), 2);
+    running.stop().await;
+}
+
 /// A reload that only changes which MQTT topics routes listen to changes
 /// the subscriptions on the live connection: no reconnect, the new topic
 /// is heard (its retained value first), the dropped one no longer is.

@@ -307,6 +307,9 @@ listen = "127.0.0.1:0"
         }
     }
 
+    // TouchDesigner exports a channel on every frame: the same command
+    // comes again and again, and is carried out, and logged, once.
+    send_osc(osc_addr, "/scbridge/active", vec![OscType::Int(0)]).await;
     send_osc(osc_addr, "/scbridge/active", vec![OscType::Int(0)]).await;
     server.next_line_matching(|l| l.starts_with(&format!("DISCONNECT {first} 1000")), WAIT).await;
     loop {
@@ -317,8 +320,10 @@ listen = "127.0.0.1:0"
         }
     }
     send_osc(osc_addr, "/scbridge/active", vec![OscType::Int(1)]).await;
+    send_osc(osc_addr, "/scbridge/active", vec![OscType::Int(1)]).await;
     let second = server.next_socket_id(WAIT).await;
 
+    mosquitto::publish(broker.port(), "scbridge/control/route", r#"["a", 0]"#, 1, false).await;
     mosquitto::publish(broker.port(), "scbridge/control/route", r#"["a", 0]"#, 1, false).await;
     wait_until(|| daemon.log().contains("control: route switched"), WAIT, "the route switched")
         .await;
@@ -355,6 +360,9 @@ listen = "127.0.0.1:0"
     );
     daemon.signal("TERM").await;
     assert_eq!(daemon.wait(WAIT).await, 0);
+    let log = daemon.log();
+    assert_eq!(log.matches("control: SocketCluster link active").count(), 2, "{log}");
+    assert_eq!(log.matches("control: route switched").count(), 2, "{log}");
 }
 
 async fn http_get(port: u16, path: &str) -> (String, String) {

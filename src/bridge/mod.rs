@@ -99,6 +99,12 @@ crate::stats::counters! {
         /// `resend` commands refused because one ran less than a second
         /// before.
         resends_refused,
+        /// `reset` commands refused because one went less than a second
+        /// before.
+        resets_refused,
+        /// `reset` or `resend` with 0, false or off: a button's release,
+        /// which does nothing.
+        control_releases,
         /// Config reloads applied.
         reloads,
         /// Last values not remembered for `resend` (the memory was full).
@@ -449,7 +455,7 @@ pub async fn start(config: Config) -> Result<Running, BridgeError> {
         coalescer: Coalescer::default(),
         delay_line: delay::DelayLine::new(router::MAX_DELAYED),
         quiet: router::QuietDrops::default(),
-        last_resend: None,
+        control_memory: router::ControlMemory::default(),
         out: Vec::new(),
         skipped: Vec::new(),
         table,

@@ -38,8 +38,10 @@ const RESEND_MEMORY: usize = 10_000;
 /// route cannot pile up without bound.
 pub(super) const MAX_DELAYED: usize = 10_000;
 /// A resend sends up to [`RESEND_MEMORY`] outputs at once; a flood of
-/// resend commands must not become a flood of outputs.
-const MIN_RESEND_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// resend commands must not become a flood of outputs. A reset interrupts
+/// the reconnect of the one before; a flood of resets would keep the link
+/// from ever coming up.
+const MIN_ACTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) struct Router {
     pub(super) config: Config,
@@ -78,8 +80,36 @@ pub(super) struct Router {
     pub(super) delay_line: DelayLine,
     /// When the routine drops below are next worth a log line.
     pub(super) quiet: QuietDrops,
+    /// What earlier control commands did, so that repeats neither flood
+    /// the link nor the log.
+    pub(super) control_memory: ControlMemory,
+}
+
+/// TouchDesigner exports a channel on every frame, so the same control
+/// command may arrive 60 times a second.
+#[derive(Default)]
+pub(super) struct ControlMemory {
     /// When the last `resend` was carried out.
-    pub(super) last_resend: Option<tokio::time::Instant>,
+    last_resend: Option<tokio::time::Instant>,
+    /// When the last `reset` was handed to the link.
+    last_reset: Option<tokio::time::Instant>,
+    /// The last `active` handed to the link, which applies its commands in
+    /// order: so this is what the link will be. `None` for a link that has
+    /// had none yet.
+    requested_active: Option<bool>,
+}
+
+impl ControlMemory {
+    /// Whether an action last done at `last` may be done again now; if so,
+    /// `now` becomes its last time.
+    fn allow(last: &mut Option<tokio::time::Instant>) -> bool {
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|at| now < at + MIN_ACTION_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
 }
 
 /// Log pacing for drops that are routine: a sender on a shared OSC port or
@@ -294,6 +324,8 @@ impl Router {
             }
             self.link = sc.link_state();
             self.outputs.sc = sc;
+            // The new link starts from the config's `active`.
+            self.control_memory.requested_active = None;
             // What the old link received and the router had not taken yet
             // is still routed (its SocketCluster outputs go to the new link).
             let mut old_incoming = std::mem::replace(&mut self.sc_incoming, incoming);
@@ -590,8 +622,9 @@ impl Router {
         }
     }
 
-    /// A control message from OSC or MQTT, if this is one.
-    fn control_command(&self, message: &Message) -> Option<Result<Control, String>> {
+    /// A control message from OSC or MQTT, if this is one (`Ok(None)`: a
+    /// button's release, nothing to do).
+    fn control_command(&self, message: &Message) -> Option<Result<Option<Control>, String>> {
         let prefix = match message.source {
             SourceKind::Osc => self.config.control.osc.as_deref(),
             SourceKind::Mqtt => self.config.control.mqtt.as_deref(),
@@ -611,7 +644,7 @@ impl Router {
                 // A retained command comes back with every reconnect: state
                 // (`active`, `route`) is simply set again, but an action would
                 // be repeated each time.
-                Ok(Control::Reset | Control::Resend) if message.retained => {
+                Ok(Some(Control::Reset | Control::Resend)) if message.retained => {
                     if let Some(count) =
                         crate::stats::bump_loggable(&self.outputs.stats.retained_actions)
                     {
@@ -622,9 +655,13 @@ impl Router {
                         );
                     }
                 }
-                Ok(control) => {
+                Ok(Some(control)) => {
                     bump(&self.outputs.stats.control_commands);
                     self.apply_now(control);
+                }
+                Ok(None) => {
+                    bump(&self.outputs.stats.control_releases);
+                    tracing::debug!(name = %message.name, "control: a button's release; nothing to do");
                 }
                 Err(why) => {
                     if let Some(count) =
@@ -778,22 +815,41 @@ impl Router {
     fn apply_now(&mut self, control: Control) {
         match control {
             Control::SetActive(active) => {
-                tracing::info!(active, "control: SocketCluster link active");
-                if !self.outputs.sc.try_set_active(active) {
+                if self.control_memory.requested_active == Some(active) {
+                    tracing::debug!(active, "control: the SocketCluster link is already set so");
+                } else if self.outputs.sc.try_set_active(active) {
+                    tracing::info!(active, "control: SocketCluster link active");
+                    self.control_memory.requested_active = Some(active);
+                } else {
                     self.link_busy();
                 }
             }
             Control::Reset => {
-                tracing::info!("control: SocketCluster link reset");
-                if !self.outputs.sc.try_reset() {
+                if !ControlMemory::allow(&mut self.control_memory.last_reset) {
+                    if let Some(count) =
+                        crate::stats::bump_loggable(&self.outputs.stats.resets_refused)
+                    {
+                        tracing::warn!(
+                            count,
+                            "control: reset refused, the last one was under a second ago"
+                        );
+                    }
+                } else if self.outputs.sc.try_reset() {
+                    tracing::info!("control: SocketCluster link reset");
+                } else {
                     self.link_busy();
                 }
             }
             Control::SetRouteEnabled { name, enabled } => match self.table.find(&name) {
                 Some(id) => {
-                    tracing::info!(route = %name, enabled, "control: route switched");
-                    self.enabled.insert(id, enabled);
-                    self.publish_view();
+                    // Kept even when it equals the config's `enabled`: an
+                    // override outlives a reload that changes the config.
+                    if self.enabled.insert(id, enabled) == Some(enabled) {
+                        tracing::debug!(route = %name, enabled, "control: the route is already so");
+                    } else {
+                        tracing::info!(route = %name, enabled, "control: route switched");
+                        self.publish_view();
+                    }
                 }
                 None => {
                     if let Some(count) =
@@ -804,8 +860,7 @@ impl Router {
                 }
             },
             Control::Resend => {
-                let now = tokio::time::Instant::now();
-                if self.last_resend.is_some_and(|last| now < last + MIN_RESEND_INTERVAL) {
+                if !ControlMemory::allow(&mut self.control_memory.last_resend) {
                     if let Some(count) =
                         crate::stats::bump_loggable(&self.outputs.stats.resends_refused)
                     {
@@ -816,7 +871,6 @@ impl Router {
                     }
                     return;
                 }
-                self.last_resend = Some(now);
                 tracing::info!(
                     values = self.last_values.len(),
                     "control: sending every state route's last value again"
