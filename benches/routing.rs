@@ -54,6 +54,7 @@ fn table(size: usize) -> RoutingTable {
                 enabled: true,
                 delay: Duration::ZERO,
                 min_interval: None,
+                trigger_on: scbridge::route::TriggerOn::Press,
             }
         })
         .collect();

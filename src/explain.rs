@@ -139,13 +139,26 @@ pub fn describe(config: &Config) -> String {
     for (index, route) in config.routes.iter().enumerate() {
         let _ = writeln!(
             out,
-            "  [{index}] {:?}{}{}: {} {:?}",
+            "  [{index}] {:?}{}{}{}{}: {} {:?}",
             route.name,
             if route.enabled { "" } else { " (disabled)" },
             if route.delay.is_zero() {
                 String::new()
             } else {
                 format!(" (delay {} ms)", route.delay.as_millis())
+            },
+            route
+                .min_interval
+                .map(|interval| {
+                    // The interval was rounded to whole nanoseconds.
+                    let rate = format!("{:.2}", 1.0 / interval.as_secs_f64());
+                    format!(" (max {}/s)", rate.trim_end_matches('0').trim_end_matches('.'))
+                })
+                .unwrap_or_default(),
+            if route.trigger_on == crate::route::TriggerOn::Any {
+                " (every value a trigger)"
+            } else {
+                ""
             },
             route.source.kind.key(),
             route.source.pattern.text,
@@ -192,6 +205,9 @@ pub fn explain(config: &Config, source: SourceKind, name: &str, value: Option<Va
                 Skip::Loop => "one destination is the source itself: skipped (counted as `loops`)",
                 Skip::BadName => {
                     "a destination name could not be made, or came out empty: skipped (counted as `bad_names`)"
+                }
+                Skip::Release => {
+                    "a button's release (0, false, off) is no trigger: skipped (counted as `releases`; `trigger_on = \"any\"` sends it)"
                 }
             };
             let _ = writeln!(out, "  route [{}]: {why}", skip_id.0);

@@ -71,6 +71,32 @@ impl Message {
     }
 }
 
+impl Body {
+    /// A button's release: 0, false or off. TouchDesigner's buttons and
+    /// pulse channels send 1 when pressed and 0 when let go; only the press
+    /// is an event. No value at all, or any other value, is a press.
+    pub fn is_release(&self) -> bool {
+        matches!(self, Body::Value(value) if truthy(value) == Some(false))
+    }
+}
+
+/// Reads a yes/no value the way OSC and MQTT senders write one: a boolean,
+/// a number (0 is no), "1"/"0", "on"/"off", "true"/"false", "yes"/"no", or
+/// a one-element array of one of those.
+pub fn truthy(value: &Value) -> Option<bool> {
+    match value {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => n.as_f64().map(|f| f != 0.0),
+        Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "1" | "on" | "true" | "yes" => Some(true),
+            "0" | "off" | "false" | "no" => Some(false),
+            _ => None,
+        },
+        Value::Array(items) if items.len() == 1 => truthy(&items[0]),
+        _ => None,
+    }
+}
+
 /// Why an endpoint did not take an outgoing message; the message comes back.
 #[derive(Debug)]
 pub enum Refused<T> {

@@ -177,6 +177,41 @@ to = [{ cables_trigger = "go" }]
     running.stop().await;
 }
 
+/// A TouchDesigner button sends 1 when pressed and 0 when let go: each
+/// press is one cables trigger. A route with `trigger_on = "any"` makes a
+/// trigger of every message, a 0 included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_button_press_is_one_trigger_and_its_release_none() {
+    let (server, _td, running) = bridge_with(
+        r#"
+[[route]]
+name = "go"
+from = { osc = "/td/go" }
+to = [{ cables_trigger = "go" }]
+
+[[route]]
+name = "raw"
+from = { osc = "/td/raw" }
+to = [{ cables_trigger = "raw" }]
+trigger_on = "any"
+"#,
+    )
+    .await;
+    let cables = JsClient::subscribe(server.port(), &["show/triggers"], &[]).await;
+    for value in [1.0, 0.0, 1.0, 0.0] {
+        send_osc(osc_port(&running), "/td/go", vec![OscType::Float(value)]).await;
+    }
+    send_osc(osc_port(&running), "/td/raw", vec![OscType::Float(0.0)]).await;
+    // The last one sent comes last: once it is in, every press is.
+    wait_until(|| cables.messages().len() == 3, WAIT, "three triggers").await;
+    let topics: Vec<Value> = cables.messages().iter().map(|m| m["data"]["topic"].clone()).collect();
+    assert_eq!(topics, vec![json!("go"), json!("go"), json!("raw")]);
+    let routes = running.routes();
+    assert_eq!((get(&routes[0].matched), get(&routes[0].releases)), (4, 2));
+    assert_eq!(get(&routes[1].releases), 0);
+    running.stop().await;
+}
+
 /// Our own envelopes come back from the server; they are ignored unless
 /// `receive_own` is on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1356,6 +1356,7 @@ fn route_for(kind: SourceKind, pattern: Pattern, position: usize) -> Route {
         enabled: true,
         delay: Duration::ZERO,
         min_interval: None,
+        trigger_on: scbridge::route::TriggerOn::Press,
     }
 }
 

@@ -28,7 +28,8 @@ async fn check_accepts_the_example_and_prints_the_resolved_table() {
     let (code, stdout, _) = run_to_end(&["check", "--config", &example()]).await;
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("routes: 6"), "{stdout}");
-    assert!(stdout.contains("[2] \"faders from TouchDesigner\": osc \"/td/fader/*\""), "{stdout}");
+    let faders = "[2] \"faders from TouchDesigner\" (max 30/s): osc \"/td/fader/*\"";
+    assert!(stdout.contains(faders), "{stdout}");
     assert!(!stdout.contains("patch-key"), "a secret was printed:\n{stdout}");
 }
 

@@ -59,6 +59,7 @@ fuzz_target!(|data: &[u8]| {
             enabled: true,
             delay: Duration::ZERO,
             min_interval: None,
+            trigger_on: scbridge::route::TriggerOn::Press,
         });
     }
     let expected: Vec<(RouteId, Vec<String>)> = routes

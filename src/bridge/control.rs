@@ -3,21 +3,7 @@
 use serde_json::Value;
 
 use super::Control;
-
-/// Reads a truthy value the way OSC and MQTT senders write one.
-fn truthy(value: &Value) -> Option<bool> {
-    match value {
-        Value::Bool(b) => Some(*b),
-        Value::Number(n) => n.as_f64().map(|f| f != 0.0),
-        Value::String(s) => match s.to_ascii_lowercase().as_str() {
-            "1" | "on" | "true" | "yes" => Some(true),
-            "0" | "off" | "false" | "no" => Some(false),
-            _ => None,
-        },
-        Value::Array(items) if items.len() == 1 => truthy(&items[0]),
-        _ => None,
-    }
-}
+use crate::message::truthy;
 
 /// `active` 0/1, `reset`, `resend`, `route` [name, 0/1] or {name, enabled}.
 ///

@@ -52,6 +52,9 @@ crate::stats::counters! {
         loops,
         /// Skipped: the destination name could not be made, or came out empty.
         bad_names,
+        /// Skipped: a button's release (0, false, off) is no trigger
+        /// (`trigger_on = "press"`).
+        releases,
         /// Dropped: the endpoint's queue was full, or the bound on invokes
         /// awaiting their reply was reached.
         queue_full,

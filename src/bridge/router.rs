@@ -706,6 +706,7 @@ impl Router {
             }
             match skip {
                 Skip::Disabled => bump(&route_stats.disabled),
+                Skip::Release => bump(&route_stats.releases),
                 Skip::Loop => {
                     if let Some(count) = self.quiet.loops.bump(&route_stats.loops) {
                         let route = &table.routes()[id.0].name;

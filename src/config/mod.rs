@@ -880,6 +880,16 @@ to = [{ osc = "/td/{1}", target = "td" }]
                 "route[0].max_rate",
                 "per second",
             ),
+            (
+                "from = { osc = \"/a\" }\nto = [{ mqtt = \"x\" }]\ntrigger_on = \"any\"",
+                "route[0].trigger_on",
+                "cables_trigger destination",
+            ),
+            (
+                "from = { osc = \"/a\" }\nto = [{ cables_trigger = \"x\" }]\ntrigger_on = \"rising\"",
+                "route[0].trigger_on",
+                "press",
+            ),
         ];
         let route_line = LINKS.lines().count() + 2;
         for (route, key, words) in cases {

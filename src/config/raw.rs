@@ -62,6 +62,7 @@ pub struct RawRoute {
     pub enabled: Option<bool>,
     pub delay_ms: Option<u64>,
     pub max_rate: Option<f64>,
+    pub trigger_on: Option<crate::route::TriggerOn>,
 }
 
 /// A route's `from` or one of its `to` entries: exactly one kind key, plus

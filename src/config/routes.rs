@@ -387,10 +387,19 @@ pub(super) fn validate_routes(raw: &[RawRoute], links: &Links<'_>) -> Result<Vec
         if source.kind == SourceKind::Mqtt {
             check_shared_overlap(&routes, &source, &format!("{key}.from.mqtt"))?;
         }
+        if raw_route.trigger_on.is_some()
+            && !raw_route.to.iter().any(|to| to.cables_trigger.is_some())
+        {
+            return Err(Problem::new(
+                format!("{key}.trigger_on"),
+                "only a route with a cables_trigger destination makes triggers from values",
+            ));
+        }
         routes.push(Route {
             name,
             source,
             destinations,
+            trigger_on: raw_route.trigger_on.unwrap_or_default(),
             enabled: raw_route.enabled.unwrap_or(true),
             delay: Duration::from_millis(raw_route.delay_ms.unwrap_or(0)),
             min_interval: match raw_route.max_rate {

@@ -5,4 +5,6 @@ pub mod pattern;
 pub mod table;
 
 pub use pattern::{Pattern, Template};
-pub use table::{Destination, Outbound, Route, RouteId, RoutingTable, Skip, Source, Target};
+pub use table::{
+    Destination, Outbound, Route, RouteId, RoutingTable, Skip, Source, Target, TriggerOn,
+};

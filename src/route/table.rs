@@ -128,6 +128,20 @@ pub struct Route {
     /// At most one output per destination name per this interval; the
     /// latest value wins (`max_rate` per second). Never set on trigger routes.
     pub min_interval: Option<Duration>,
+    /// Which values become a trigger at a trigger destination.
+    pub trigger_on: TriggerOn,
+}
+
+/// Which values a route turns into a trigger (`trigger_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerOn {
+    /// Every value but a button's release (0, false, off): a button sends
+    /// 1 and then 0 for one press.
+    #[default]
+    Press,
+    /// Every message, a 0 included.
+    Any,
 }
 
 impl Route {
@@ -159,6 +173,8 @@ pub enum Skip {
     /// The destination name could not be made from the captures, or came
     /// out empty.
     BadName,
+    /// A button's release, which is no trigger (`trigger_on = "press"`).
+    Release,
 }
 
 #[derive(Debug, Default)]
@@ -276,6 +292,13 @@ impl RoutingTable {
                 continue;
             }
             for (position, destination) in route.destinations.iter().enumerate() {
+                if destination.target.is_trigger()
+                    && route.trigger_on == TriggerOn::Press
+                    && message.body.is_release()
+                {
+                    skipped.push((id, Skip::Release));
+                    continue;
+                }
                 let Some(name) = destination.template.fill(&captures) else {
                     skipped.push((id, Skip::BadName));
                     continue;
@@ -347,6 +370,7 @@ mod tests {
             enabled: true,
             delay: Duration::ZERO,
             min_interval: None,
+            trigger_on: TriggerOn::Press,
         }
     }
 
@@ -437,6 +461,35 @@ mod tests {
         let (out, _) = routed(&table, &Message::value(SourceKind::Osc, "/td/go", json!([1, 2])));
         assert_eq!(out[0].body, Body::Trigger);
         assert_eq!(out[0].name, "go");
+    }
+
+    #[test]
+    fn a_release_makes_no_trigger_unless_the_route_takes_any_value() {
+        let go = |trigger_on| Route {
+            trigger_on,
+            ..route(
+                "go",
+                source(SourceKind::Osc, "/td/go"),
+                vec![dest(Target::CablesTrigger { topic: None }, "go"), dest(osc(), "/echo")],
+            )
+        };
+        let press_only = RoutingTable::new(vec![go(TriggerOn::Press)]);
+        let any = RoutingTable::new(vec![go(TriggerOn::Any)]);
+        let release = Message::value(SourceKind::Osc, "/td/go", json!(0.0));
+        let press = Message::value(SourceKind::Osc, "/td/go", json!(1.0));
+
+        let (out, skipped) = routed(&press_only, &release);
+        assert_eq!(skipped, vec![(RouteId(0), Skip::Release)]);
+        assert_eq!(out.len(), 1, "the value destination still gets the 0");
+        assert_eq!((out[0].name.as_str(), &out[0].body), ("/echo", &Body::Value(json!(0.0))));
+
+        let (out, skipped) = routed(&press_only, &press);
+        assert!(skipped.is_empty());
+        assert_eq!(out[0].body, Body::Trigger);
+
+        let (out, skipped) = routed(&any, &release);
+        assert!(skipped.is_empty());
+        assert_eq!(out[0].body, Body::Trigger);
     }
 
     #[test]
