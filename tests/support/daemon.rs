@@ -182,9 +182,14 @@ impl Daemon {
 
     /// Sends a signal by name (`HUP`, `TERM`).
     pub async fn signal(&self, name: &str) {
-        let status =
-            Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().await;
-        assert!(status.expect("run kill").success(), "kill -{name} failed");
+        let signal = match name {
+            "HUP" => libc::SIGHUP,
+            "TERM" => libc::SIGTERM,
+            "INT" => libc::SIGINT,
+            other => panic!("no such signal in these tests: {other}"),
+        };
+        let pid = self.child.id().expect("running");
+        assert!(super::send_signal(pid, signal), "SIG{name} could not be sent to {pid}");
     }
 
     /// Waits for the process to exit; returns its exit code.

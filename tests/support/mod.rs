@@ -20,3 +20,12 @@ pub mod faults;
 pub mod mosquitto;
 pub mod sc_peer;
 pub mod udp;
+
+/// Sends a signal to a process; false when it could not be sent (the
+/// process is gone). Through kill(2) itself: the `kill` program comes from
+/// a package (procps) that minimal systems leave out.
+pub fn send_signal(pid: u32, signal: libc::c_int) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
+    unsafe { libc::kill(pid, signal) == 0 }
+}

@@ -376,8 +376,7 @@ impl NodeProcess {
     /// than [`EXIT_TIMEOUT`].
     async fn terminate(&mut self) -> ExitStatus {
         if let Some(pid) = self.child.id() {
-            let sent = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-            if !matches!(sent, Ok(status) if status.success()) {
+            if !super::send_signal(pid, libc::SIGTERM) {
                 let _ = self.child.start_kill();
             }
         }
