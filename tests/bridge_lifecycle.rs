@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rosc::OscType;
@@ -65,43 +67,83 @@ to = [{ osc = "/out" }]
 /// by the counter that says where it was dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_in_the_middle_of_a_stream_delivers_or_counts_every_value_taken_in() {
-    // Few enough that TouchDesigner's socket holds them all unread (a
-    // small datagram takes about 1 KiB of a default 208 KiB buffer).
-    const SENT: i32 = 120;
     let server = ScServer::start(ScServerOptions::new()).await;
     let td = OscReceiver::bind().await;
     let running = start(config(&server, &td, "127.0.0.1:0", PASS_THROUGH)).await;
     let osc = running.osc().expect("osc configured");
     let (bridge_stats, routes) = (running.stats.clone(), running.routes());
     let to = osc_port(&running);
-    let sender = UdpSocket::bind("127.0.0.1:0").await.expect("a sender");
-    for n in 0..SENT {
-        let packet = rosc::OscPacket::Message(rosc::OscMessage {
-            addr: "/in".into(),
-            args: vec![OscType::Int(n)],
-        });
-        sender.send_to(&rosc::encoder::encode(&packet).expect("encodes"), to).await.expect("sent");
-    }
-    wait_until(|| get(&osc.stats().messages_in) > 0, WAIT, "the stream reached the bridge").await;
-    tokio::time::timeout(WAIT, running.stop()).await.expect("the stop ends in time");
 
+    // TouchDesigner reads while the stream runs, so that its own socket
+    // never overflows, until it finds nothing after the stop: by then the
+    // bridge has sent all it will.
+    let stopped = Arc::new(AtomicBool::new(false));
+    let reading = tokio::spawn({
+        let stopped = Arc::clone(&stopped);
+        async move {
+            let mut received = Vec::new();
+            loop {
+                match td.try_next(Duration::from_millis(200)).await {
+                    Some(message) => received.push(message),
+                    None if stopped.load(Ordering::SeqCst) => return received,
+                    None => {}
+                }
+            }
+        }
+    });
+    // The stream goes on until the stop is over.
+    let sending = tokio::spawn({
+        let stopped = Arc::clone(&stopped);
+        async move {
+            let sender = UdpSocket::bind("127.0.0.1:0").await.expect("a sender");
+            let mut sent = 0i32;
+            // A batch at least goes out after the stop, to a closed port.
+            loop {
+                let last = stopped.load(Ordering::SeqCst);
+                for _ in 0..8 {
+                    let packet = rosc::OscPacket::Message(rosc::OscMessage {
+                        addr: "/in".into(),
+                        args: vec![OscType::Int(sent)],
+                    });
+                    let bytes = rosc::encoder::encode(&packet).expect("encodes");
+                    // Once the listener is closed the kernel may refuse.
+                    let _ = sender.send_to(&bytes, to).await;
+                    sent += 1;
+                }
+                if last {
+                    return sent;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    wait_until(|| get(&osc.stats().messages_in) >= 200, WAIT, "the stream reached the bridge")
+        .await;
+    tokio::time::timeout(WAIT, running.stop()).await.expect("the stop ends in time");
     let taken_in = get(&osc.stats().messages_in);
+    stopped.store(true, Ordering::SeqCst);
+    let sent = sending.await.expect("the sender ends");
+    assert!(taken_in < sent as u64, "the stop did not cut the stream: {taken_in} of {sent}");
+
     let route = &routes[0];
     let counted_drops = get(&osc.stats().inbound_queue_full)
         + get(&bridge_stats.shutdown_dropped)
         + get(&route.queue_full)
         + get(&route.shutdown_dropped)
         + get(&osc.stats().send_errors);
-    let expected = taken_in - counted_drops;
-    let mut received = std::collections::HashSet::new();
-    while (received.len() as u64) < expected {
-        let message = td.next(WAIT).await;
+    let received = reading.await.expect("the reader ends");
+    let mut values = std::collections::HashSet::new();
+    for message in &received {
         assert_eq!(message.addr, "/out");
         let value = message.args.first().cloned().map(|arg| format!("{arg:?}"));
-        assert!(received.insert(value.clone()), "{value:?} arrived twice");
+        assert!(values.insert(value.clone()), "{value:?} arrived twice");
     }
-    assert_eq!(td.try_next(Duration::from_millis(200)).await, None, "nothing beyond that");
-    assert_eq!(get(&osc.stats().messages_out), expected, "sent = taken in - counted drops");
+    assert_eq!(
+        received.len() as u64,
+        taken_in - counted_drops,
+        "received = taken in - counted drops"
+    );
+    assert_eq!(get(&osc.stats().messages_out), received.len() as u64, "every value sent arrived");
 }
 
 /// With both `max_rate` and `delay_ms`, the value `max_rate` lets go still

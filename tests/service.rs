@@ -46,10 +46,10 @@ async fn check_names_the_key_and_line_of_every_broken_config() {
         ("[socketcluster]\nurl = \"http://h/\"\n", ":2:", "socketcluster.url"),
         (
             "[socketcluster]\nurl = \"ws://h/socketcluster/\"\n[[route]]\nfrom = { mqtt = \"a\" }\nto = [{ osc = \"/a\" }]\n",
-            ":",
+            ":4:",
             "route[0].from.mqtt",
         ),
-        ("[socketcluster\n", ":1:", ""),
+        ("[socketcluster\n", ":1:", "`(document)`"),
     ];
     for (index, (text, line, key)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("broken-{index}.toml"));

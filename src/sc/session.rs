@@ -824,6 +824,7 @@ mod tests {
                 let mut s = session();
                 s.begin_handshake();
                 s.on_text(text, &mut Vec::new());
+                assert_eq!(ScStats::get(&s.stats.malformed_frames), 0, "{text}");
                 checked += 1;
             }
             assert!(checked > 50, "too few server frames checked: {checked}");

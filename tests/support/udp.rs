@@ -1,7 +1,9 @@
 //! Real UDP sockets that play TouchDesigner: an OSC receiver to assert on
 //! what the bridge sends, and an OSC sender to feed it.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rosc::{OscMessage, OscPacket, OscType};
@@ -10,11 +12,16 @@ use tokio::net::UdpSocket;
 /// An OSC receiver on a free loopback port.
 pub struct OscReceiver {
     socket: UdpSocket,
+    /// The rest of a bundle whose first message was handed out.
+    pending: Mutex<VecDeque<OscMessage>>,
 }
 
 impl OscReceiver {
     pub async fn bind() -> OscReceiver {
-        OscReceiver { socket: UdpSocket::bind("127.0.0.1:0").await.expect("bind a UDP receiver") }
+        OscReceiver {
+            socket: UdpSocket::bind("127.0.0.1:0").await.expect("bind a UDP receiver"),
+            pending: Mutex::new(VecDeque::new()),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -26,20 +33,28 @@ impl OscReceiver {
         self.try_next(limit).await.unwrap_or_else(|| panic!("no OSC message within {limit:?}"))
     }
 
-    /// The next OSC message, or `None` after `limit`.
+    /// The next OSC message (every message of a bundle, in order), or
+    /// `None` after `limit`.
     pub async fn try_next(&self, limit: Duration) -> Option<OscMessage> {
-        let mut buffer = vec![0u8; 65_536];
-        let (len, _) =
-            tokio::time::timeout(limit, self.socket.recv_from(&mut buffer)).await.ok()?.ok()?;
-        let (_, packet) =
-            rosc::decoder::decode_udp(&buffer[..len]).expect("valid OSC from the bridge");
-        match packet {
-            OscPacket::Message(message) => Some(message),
-            OscPacket::Bundle(bundle) => match bundle.content.into_iter().next() {
-                Some(OscPacket::Message(message)) => Some(message),
-                other => panic!("unexpected bundle content {other:?}"),
-            },
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(message) = self.pending.lock().expect("not poisoned").pop_front() {
+                return Some(message);
+            }
+            let mut buffer = vec![0u8; 65_536];
+            let received = self.socket.recv_from(&mut buffer);
+            let (len, _) = tokio::time::timeout_at(deadline, received).await.ok()?.ok()?;
+            let (_, packet) =
+                rosc::decoder::decode_udp(&buffer[..len]).expect("valid OSC from the bridge");
+            flatten(packet, &mut self.pending.lock().expect("not poisoned"));
         }
+    }
+}
+
+fn flatten(packet: OscPacket, into: &mut VecDeque<OscMessage>) {
+    match packet {
+        OscPacket::Message(message) => into.push_back(message),
+        OscPacket::Bundle(bundle) => bundle.content.into_iter().for_each(|p| flatten(p, into)),
     }
 }
 
