@@ -33,11 +33,15 @@ pub fn init(level: &str, format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_ansi(colour && !journal);
     match (format, journal) {
-        (LogFormat::Text, false) => logs.init(),
+        // A person watching: colours, and lines that are not kept.
+        (LogFormat::Text, false) if colour => logs.init(),
+        (LogFormat::Text, false) => {
+            logs.event_format(OneLine(tracing_subscriber::fmt::format())).init()
+        }
         (LogFormat::Json, false) => logs.json().init(),
         (LogFormat::Text, true) => {
             let text = tracing_subscriber::fmt::format().without_time();
-            logs.event_format(SyslogPriority(text)).init()
+            logs.event_format(SyslogPriority(OneLine(text))).init()
         }
         (LogFormat::Json, true) => {
             let json = tracing_subscriber::fmt::format().json().without_time();
@@ -101,6 +105,37 @@ where
     }
 }
 
+/// Keeps each event on one line: a line break inside a field (an OSC
+/// address, an MQTT topic, a server's close reason) is written as `\n`, so
+/// that input cannot forge log lines of its own, with a priority of its
+/// choosing in the journal. JSON lines escape them already.
+struct OneLine<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for OneLine<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        for c in line.strip_suffix('\n').unwrap_or(&line).chars() {
+            match c {
+                '\n' => writer.write_str("\\n")?,
+                '\r' => writer.write_str("\\r")?,
+                c => writer.write_char(c)?,
+            }
+        }
+        writer.write_char('\n')
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -144,7 +179,7 @@ mod tests {
         } else {
             let format = tracing_subscriber::fmt::format().without_time();
             tracing::subscriber::with_default(
-                builder.event_format(SyslogPriority(format)).finish(),
+                builder.event_format(SyslogPriority(OneLine(format))).finish(),
                 emit,
             );
         }
@@ -164,6 +199,15 @@ mod tests {
         assert!(lines[1].starts_with("<4> WARN"), "{}", lines[1]);
         assert!(lines[1].ends_with("dropped count=3"), "{}", lines[1]);
         assert!(lines.iter().all(|l| !l.contains("Z ")), "no timestamps: {lines:#?}");
+    }
+
+    #[test]
+    fn a_line_break_in_a_field_cannot_forge_a_line_of_its_own() {
+        let forged = "/x\n<0>scbridge: forged\r";
+        let lines = journal_lines(false, || tracing::info!(name = %forged, "no route"));
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(lines[0].starts_with("<6>"), "{}", lines[0]);
+        assert!(lines[0].ends_with("name=/x\\n<0>scbridge: forged\\r"), "{}", lines[0]);
     }
 
     #[test]

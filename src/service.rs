@@ -65,7 +65,23 @@ fn status_line(running: &Running) -> String {
             line.push_str(&format!("; osc: {}", addrs.join(", ")));
         }
     }
-    line
+    status_text(&line)
+}
+
+/// The most characters of a `STATUS=` line `systemctl status` is given.
+const MAX_STATUS_CHARS: usize = 400;
+
+/// A `STATUS=` value made safe: it holds text a server chose (its socket
+/// id, a close reason), and systemd reads every line of a notification as
+/// a command of its own (`WATCHDOG=trigger`). Control characters become
+/// spaces, and the length is bounded.
+fn status_text(line: &str) -> String {
+    let mut text: String =
+        line.chars().take(MAX_STATUS_CHARS).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if line.chars().nth(MAX_STATUS_CHARS).is_some() {
+        text.push('…');
+    }
+    text
 }
 
 /// Runs the bridge until SIGTERM or SIGINT; SIGHUP reloads `config_path`.
@@ -182,5 +198,19 @@ async fn reload(path: &Path, running: &Running, http: Option<&crate::config::Htt
             tracing::error!(error = %err, "reload refused: keeping the running config");
             notify(&[NotifyState::Ready, NotifyState::Status("reload refused: config invalid")]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_line_cannot_carry_a_second_notification() {
+        let text = status_text("socketcluster: connected (x\nWATCHDOG=trigger\r)");
+        assert_eq!(text, "socketcluster: connected (x WATCHDOG=trigger )");
+        let long = status_text(&"a".repeat(5000));
+        assert_eq!(long.chars().count(), MAX_STATUS_CHARS + 1);
+        assert!(long.ends_with('…'));
     }
 }
