@@ -432,6 +432,44 @@ mqtt = "scbridge/control"
     running.stop().await;
 }
 
+/// A resend sends the last values of the routes that are switched on; a
+/// route switched off since stays silent, and says so in its counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resend_leaves_out_a_route_switched_off() {
+    let peers = Peers::start().await;
+    let running = peers
+        .bridge(
+            r#"
+[[route]]
+name = "levels"
+from = { osc = "/level/*" }
+to = [{ mqtt = "levels/+" }]
+
+[control]
+mqtt = "scbridge/control"
+"#,
+        )
+        .await;
+    let mut levels = mosquitto::subscribe(peers.broker.port(), "levels/#").await;
+    send_osc(osc_in(&running), "/level/a", vec![OscType::Float(0.1)]).await;
+    send_osc(osc_in(&running), "/level/b", vec![OscType::Float(0.2)]).await;
+    for expected in ["0.1", "0.2"] {
+        assert_eq!(levels.next_message(WAIT).await.text(), expected);
+    }
+    running
+        .control(scbridge::bridge::Control::SetRouteEnabled {
+            name: "levels".into(),
+            enabled: false,
+        })
+        .await;
+    running.control(scbridge::bridge::Control::Resend).await;
+    let routes = running.routes();
+    wait_until(|| get(&routes[0].disabled) == 2, WAIT, "both remembered values held back").await;
+    levels.expect_nothing(Duration::from_millis(300)).await;
+    assert_eq!(get(&routes[0].sent), 2, "only the two live values went out");
+    running.stop().await;
+}
+
 /// A retained control message comes back with every (re)subscription. A
 /// retained route switch is state, and holds; a retained `reset` is an
 /// action, and is not repeated: only a live one resets the link.

@@ -212,6 +212,33 @@ trigger_on = "any"
     running.stop().await;
 }
 
+/// A route counts a message it took once, however many of its
+/// destinations went out or were skipped, and whatever other routes took it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_counts_each_message_it_matched_once() {
+    let (_server, td, running) = bridge_with(
+        r#"
+[[route]]
+name = "both"
+from = { osc = "/a" }
+to = [{ osc = "/a" }, { osc = "/b" }]
+
+[[route]]
+name = "loop only"
+from = { osc = "/a" }
+to = [{ osc = "/a" }]
+"#,
+    )
+    .await;
+    send_osc(osc_port(&running), "/a", vec![OscType::Float(1.0)]).await;
+    assert_eq!(td.next(WAIT).await.addr, "/b");
+    let routes = running.routes();
+    let counts = |r: usize| (get(&routes[r].matched), get(&routes[r].loops), get(&routes[r].sent));
+    assert_eq!(counts(0), (1, 1, 1), "both");
+    assert_eq!(counts(1), (1, 1, 0), "loop only");
+    running.stop().await;
+}
+
 /// Our own envelopes come back from the server; they are ignored unless
 /// `receive_own` is on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -211,7 +211,9 @@ impl Router {
                 }
                 _ = sleep_until_or_never(self.delay_line.next_due()) => {
                     for out in self.delay_line.take_due(tokio::time::Instant::now()) {
-                        self.outputs.send(out);
+                        if self.still_switched_on(&out) {
+                            self.outputs.send(out);
+                        }
                     }
                 }
                 changed = self.link.changed() => {
@@ -697,13 +699,9 @@ impl Router {
         if self.recent.capacity() > 0 {
             self.remember(&message);
         }
-        let mut counted = None;
+        count_matches(&self.skipped, &self.out, &self.outputs);
         for (id, skip) in self.skipped.drain(..) {
             let route_stats = &self.outputs.routes[id.0];
-            if counted != Some(id) {
-                bump(&route_stats.matched);
-                counted = Some(id);
-            }
             match skip {
                 Skip::Disabled => bump(&route_stats.disabled),
                 Skip::Release => bump(&route_stats.releases),
@@ -728,10 +726,6 @@ impl Router {
         for out in outs.drain(..) {
             let route_index = out.route.0;
             let route = &table.routes()[route_index];
-            if counted != Some(out.route) {
-                bump(&self.outputs.routes[out.route.0].matched);
-                counted = Some(out.route);
-            }
             // Remembered only when something can ask for a resend: it costs
             // a copy of every output.
             if self.resend_enabled && !route.carries_triggers() {
@@ -770,7 +764,24 @@ impl Router {
     /// Sends an output now, or after its route's `delay_ms` (which counts
     /// from when `max_rate` let the output go, when both are set).
     fn dispatch(&mut self, out: Outbound) {
-        send_or_hold(&self.table, &self.outputs, &mut self.delay_line, out);
+        if self.still_switched_on(&out) {
+            send_or_hold(&self.table, &self.outputs, &mut self.delay_line, out);
+        }
+    }
+
+    /// Whether an output that waited (for `max_rate`, `delay_ms`, or in the
+    /// resend memory) may still go: its route may have been switched off
+    /// since, and is then counted as `disabled`. An output of a route a
+    /// reload removed is left to the send, which counts it as stale.
+    fn still_switched_on(&self, out: &Outbound) -> bool {
+        let Some(route) = self.table.route_by_id(out.route) else { return true };
+        if self.enabled.get(&out.route).copied().unwrap_or(route.enabled) {
+            return true;
+        }
+        if let Some(stats) = self.outputs.routes.get(out.route.0) {
+            bump(&stats.disabled);
+        }
+        false
     }
 
     /// A link command found the link's command queue full: a flood of
@@ -877,10 +888,35 @@ impl Router {
                     "control: sending every state route's last value again"
                 );
                 for out in self.last_values.values() {
-                    self.outputs.send(out.clone());
+                    if self.still_switched_on(out) {
+                        self.outputs.send(out.clone());
+                    }
                 }
             }
             Control::Reload(..) => tracing::warn!("a reload can only come from the service"),
+        }
+    }
+}
+
+/// Counts `matched` once for each route that took the message. A route
+/// may have both skipped and sent destinations; both lists are in route
+/// order, so walking them merged meets each route's entries together.
+fn count_matches(skipped: &[(RouteId, Skip)], out: &[Outbound], outputs: &Outputs) {
+    let mut skipped = skipped.iter().map(|(id, _)| *id).peekable();
+    let mut sent = out.iter().map(|o| o.route).peekable();
+    let mut last = None;
+    loop {
+        let next = match (skipped.peek(), sent.peek()) {
+            (Some(a), Some(b)) if a <= b => skipped.next(),
+            (_, Some(_)) => sent.next(),
+            (Some(_), None) => skipped.next(),
+            (None, None) => return,
+        };
+        if next != last {
+            if let Some(stats) = next.and_then(|id| outputs.routes.get(id.0)) {
+                bump(&stats.matched);
+            }
+            last = next;
         }
     }
 }
