@@ -79,6 +79,55 @@ impl Routine {
     }
 }
 
+/// Paces lines that are wanted one per message (a channel subscribed to
+/// be watched): at most [`Watched::PER_SECOND`] a second; the ones beyond
+/// are counted, and the next line says how many it stands for.
+#[derive(Debug, Default)]
+pub struct Watched {
+    window: Option<std::time::Instant>,
+    lines: u32,
+    unsaid: u64,
+}
+
+impl Watched {
+    /// The most lines a second.
+    pub const PER_SECOND: u32 = 20;
+
+    /// `Some(lines left unsaid since the last one)` when this message gets
+    /// a line; otherwise it is counted in `unlogged`.
+    pub fn line(&mut self, unlogged: &std::sync::atomic::AtomicU64) -> Option<u64> {
+        self.line_at(unlogged, std::time::Instant::now())
+    }
+
+    fn line_at(
+        &mut self,
+        unlogged: &std::sync::atomic::AtomicU64,
+        now: std::time::Instant,
+    ) -> Option<u64> {
+        let second = std::time::Duration::from_secs(1);
+        if self.window.is_none_or(|start| now >= start + second) {
+            self.window = Some(now);
+            self.lines = 0;
+        }
+        if self.lines >= Self::PER_SECOND {
+            self.unsaid += 1;
+            unlogged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
+        self.lines += 1;
+        Some(std::mem::take(&mut self.unsaid))
+    }
+}
+
+/// At most `max` characters of a value's text for a log line, with the
+/// length of the whole when it was cut.
+pub fn excerpt(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((end, _)) => format!("{}… ({} bytes)", &text[..end], text.len()).into(),
+    }
+}
+
 /// True for the counts worth a log line when something keeps failing: the
 /// first, then powers of two, then every thousandth. Keeps a flood of bad
 /// input from flooding the journal too, while the counter stays exact.
@@ -91,6 +140,25 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicU64;
     use std::time::Instant;
+
+    #[test]
+    fn watched_lines_are_paced_per_second_and_say_what_they_left_out() {
+        let (mut watched, unlogged, start) =
+            (Watched::default(), AtomicU64::new(0), Instant::now());
+        let said: Vec<Option<u64>> = (0..25).map(|_| watched.line_at(&unlogged, start)).collect();
+        assert_eq!(said.iter().filter(|s| s.is_some()).count(), Watched::PER_SECOND as usize);
+        assert!(said[20..].iter().all(Option::is_none));
+        assert_eq!(get(&unlogged), 5);
+        let next = start + std::time::Duration::from_secs(1);
+        assert_eq!(watched.line_at(&unlogged, next), Some(5), "the next line counts the unsaid");
+        assert_eq!(watched.line_at(&unlogged, next), Some(0));
+    }
+
+    #[test]
+    fn an_excerpt_cuts_long_text_on_a_character_and_gives_its_length() {
+        assert_eq!(excerpt("short", 10), "short");
+        assert_eq!(excerpt("ééééé", 2), "éé… (10 bytes)");
+    }
 
     #[test]
     fn a_routine_drop_is_said_first_then_once_a_minute_and_always_counted() {

@@ -90,6 +90,9 @@ crate::stats::counters! {
         unlisted_events,
         /// Publishes on channels no route or subscription uses.
         unlisted_channels,
+        /// Publishes on a channel subscribed to be watched (`subscribe`)
+        /// that got no log line: more than 20 a second.
+        monitored_unlogged,
         /// Invokes to the server that failed or timed out.
         failed_invokes,
         /// Control messages carried out.

@@ -43,6 +43,9 @@ pub(super) const MAX_DELAYED: usize = 10_000;
 /// from ever coming up.
 const MIN_ACTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The most characters of a watched channel's message in its log line.
+const MAX_LOGGED_VALUE_CHARS: usize = 1000;
+
 pub(super) struct Router {
     pub(super) config: Config,
     pub(super) recent: Arc<RecentLog>,
@@ -116,6 +119,7 @@ impl ControlMemory {
 /// MQTT filter sends more than the routes want.
 #[derive(Default)]
 pub(super) struct QuietDrops {
+    watched: crate::stats::Watched,
     unrouted: Routine,
     loops: Routine,
     unlisted_channels: Routine,
@@ -603,7 +607,11 @@ impl Router {
                     return self.route(Message::value(SourceKind::ScChannel, channel, data));
                 }
                 if self.monitored.contains(&channel) {
-                    tracing::info!(%channel, %data, "publish");
+                    if let Some(unsaid) = self.quiet.watched.line(&stats.monitored_unlogged) {
+                        let data = data.to_string();
+                        let data = crate::stats::excerpt(&data, MAX_LOGGED_VALUE_CHARS);
+                        tracing::info!(%channel, %data, unsaid, "publish");
+                    }
                 } else if let Some(count) =
                     self.quiet.unlisted_channels.bump(&stats.unlisted_channels)
                 {
