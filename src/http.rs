@@ -137,6 +137,42 @@ pub trait Observe: Send + Sync + 'static {
     fn recent(&self) -> Vec<serde_json::Value>;
 }
 
+/// The most bytes of JSON text a value keeps in `/recent`. A cables patch
+/// may send an image as a data URL: a hundred of those would hold a hundred
+/// megabytes, copied again for every request.
+pub const MAX_RECENT_VALUE_BYTES: usize = 4096;
+
+/// A value as `/recent` keeps it: itself when its JSON text is at most
+/// `limit` bytes, otherwise the start of that text, cut and marked so.
+pub fn bounded_copy(value: &serde_json::Value, limit: usize) -> serde_json::Value {
+    /// Keeps the first `limit` bytes written, then refuses, so that a huge
+    /// value costs no more than the bytes kept.
+    struct Kept {
+        bytes: Vec<u8>,
+        limit: usize,
+    }
+    impl std::io::Write for Kept {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let room = self.limit - self.bytes.len();
+            if bytes.len() > room {
+                self.bytes.extend_from_slice(&bytes[..room]);
+                return Err(std::io::Error::other("over the limit"));
+            }
+            self.bytes.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut kept = Kept { bytes: Vec::new(), limit };
+    if serde_json::to_writer(&mut kept, value).is_ok() {
+        return value.clone();
+    }
+    let start = String::from_utf8_lossy(&kept.bytes);
+    serde_json::Value::String(format!("{start}… (cut: over {limit} bytes of JSON)"))
+}
+
 /// The last N routed messages (SocketIO DAT's "Clamp Output"/"Max Lines"):
 /// [`push`](RecentLog::push) drops the oldest once full.
 #[derive(Debug)]
@@ -622,6 +658,17 @@ fn respond(request: &Request<'_>, observe: &dyn Observe) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_keeps_a_small_value_whole_and_the_start_of_a_large_one() {
+        let small = serde_json::json!({"x": [1, 2, 3]});
+        assert_eq!(bounded_copy(&small, 16), small);
+        let large = serde_json::json!({"image": "data:image/png;base64,AAAAAAAAAAAAAAAA"});
+        assert_eq!(
+            bounded_copy(&large, 16),
+            serde_json::json!("{\"image\":\"data:i… (cut: over 16 bytes of JSON)")
+        );
+    }
     use serde_json::json;
 
     fn family(name: &str, kind: MetricKind, samples: Vec<Sample>) -> MetricFamily {

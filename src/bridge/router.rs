@@ -817,7 +817,9 @@ impl Router {
             )
             .collect();
         let value = match &message.body {
-            Body::Value(value) => value.clone(),
+            Body::Value(value) => {
+                crate::http::bounded_copy(value, crate::http::MAX_RECENT_VALUE_BYTES)
+            }
             Body::Trigger => Value::String("(trigger)".into()),
         };
         self.recent.push(serde_json::json!({
