@@ -84,6 +84,9 @@ fn status_text(line: &str) -> String {
     text
 }
 
+/// How long a reload may take while the watchdog is still fed.
+const RELOAD_WATCHDOG_GRACE: Duration = Duration::from_secs(60);
+
 /// Runs the bridge until SIGTERM or SIGINT; SIGHUP reloads `config_path`.
 pub async fn run(config_path: PathBuf, config: Config) -> Result<(), ServiceError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(ServiceError::Signal)?;
@@ -110,7 +113,30 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), ServiceErro
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
-                reload(&config_path, &running, http.as_ref()).await;
+                // A reload may wait for a link stuck in a write or for host
+                // name lookups: the watchdog is fed meanwhile, though not
+                // for ever, so that a reload that hangs still ends in a
+                // restart.
+                let reloading = reload(&config_path, &running, http.as_ref());
+                tokio::pin!(reloading);
+                let grace = tokio::time::sleep(RELOAD_WATCHDOG_GRACE);
+                tokio::pin!(grace);
+                let mut fed = true;
+                loop {
+                    tokio::select! {
+                        () = &mut reloading => break,
+                        () = &mut grace, if fed => {
+                            fed = false;
+                            tracing::error!(
+                                secs = RELOAD_WATCHDOG_GRACE.as_secs(),
+                                "the reload is still not done: the watchdog is no longer fed"
+                            );
+                        }
+                        _ = watchdog_tick.tick(), if watchdog.is_some() && fed => {
+                            notify(&[NotifyState::Watchdog]);
+                        }
+                    }
+                }
                 // The reload's own STATUS= replaced the link line: the
                 // next tick sends it again.
                 status.clear();
