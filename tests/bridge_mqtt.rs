@@ -586,6 +586,55 @@ async fn a_reload_of_mqtt_routes_resubscribes_without_reconnecting() {
     running.stop().await;
 }
 
+/// After a reload, `resend` still has the last values of the routes that
+/// stayed, so a peer restarting later gets them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resend_after_a_reload_repeats_the_values_of_routes_that_stayed() {
+    let peers = Peers::start().await;
+    let levels = "\n[[route]]\nname = \"levels\"\nfrom = { osc = \"/level/*\" }\nto = [{ mqtt = \"levels/+\" }]\n";
+    let extra = "\n[[route]]\nname = \"extra\"\nfrom = { osc = \"/x\" }\nto = [{ mqtt = \"x\" }]\n";
+    let control = "\n[control]\nmqtt = \"scbridge/control\"\n";
+    let running = peers.bridge(&format!("{levels}{control}")).await;
+    let mut received = mosquitto::subscribe(peers.broker.port(), "levels/#").await;
+    send_osc(osc_in(&running), "/level/a", vec![OscType::Float(0.1)]).await;
+    assert_eq!(received.next_message(WAIT).await.text(), "0.1");
+
+    // A route inserted above moves `levels` to another position.
+    let config =
+        Config::from_toml(&peers.config(&format!("{extra}{levels}{control}")), "test.toml")
+            .expect("valid");
+    running.reload(config).await;
+    running.control(scbridge::bridge::Control::Resend).await;
+    let again = received.next_message(WAIT).await;
+    assert_eq!((again.topic.as_str(), again.text()), ("levels/a", "0.1".to_owned()));
+    running.stop().await;
+}
+
+/// A route without a name is "route N" after its position. A route switch
+/// stays with the route it was given to, and does not pass to the one that
+/// takes its name when a route is inserted above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_does_not_pass_a_route_switch_to_the_route_that_took_its_name() {
+    let peers = Peers::start().await;
+    let levels = "\n[[route]]\nfrom = { osc = \"/level/*\" }\nto = [{ mqtt = \"levels/+\" }]\n";
+    let other = "\n[[route]]\nfrom = { osc = \"/other\" }\nto = [{ mqtt = \"other\" }]\n";
+    let running = peers.bridge(levels).await;
+    running
+        .control(scbridge::bridge::Control::SetRouteEnabled {
+            name: "route 1".into(),
+            enabled: false,
+        })
+        .await;
+
+    let config =
+        Config::from_toml(&peers.config(&format!("{other}{levels}")), "test.toml").expect("valid");
+    running.reload(config).await;
+    let mut received = mosquitto::subscribe(peers.broker.port(), "other").await;
+    send_osc(osc_in(&running), "/other", vec![OscType::Float(5.0)]).await;
+    assert_eq!(received.next_message(WAIT).await.text(), "5.0", "the new route 1 is on");
+    running.stop().await;
+}
+
 /// What reaches TouchDesigner until it has been quiet for a while, sorted
 /// by address.
 async fn everything_until_quiet(td: &support::udp::OscReceiver) -> Vec<OscMessage> {

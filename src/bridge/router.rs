@@ -433,54 +433,68 @@ impl Router {
             }
             self.outputs.mqtt = self.mqtt.as_ref().map(|e| e.handle.clone());
         }
-        // Routes: counters and runtime switches carry over by route name.
+        // Routes: counters, runtime switches, delayed outputs and
+        // remembered values carry over to the route of the same name and
+        // the same source. A default name ("route 3") follows a position,
+        // and a route inserted above would otherwise inherit another's.
         let old_table = self.table.clone();
         let old_stats = self.outputs.routes.clone();
         let table = Arc::new(RoutingTable::new(config.routes.clone()));
-        let stats: Vec<RouteStats> = table
-            .routes()
-            .iter()
-            .map(|route| {
-                let fresh = RouteStats::default();
-                if let Some(old) = old_table.find(&route.name).and_then(|id| old_stats.get(id.0)) {
-                    for ((_, value), (_, counter)) in
-                        old.snapshot().into_iter().zip(fresh.counters())
-                    {
-                        counter.store(value, Ordering::Relaxed);
-                    }
+        let successor = |old: RouteId| -> Option<RouteId> {
+            let route = old_table.route_by_id(old)?;
+            let id = table.find(&route.name)?;
+            let new = table.route_by_id(id)?;
+            let same_source = new.source.kind == route.source.kind
+                && new.source.pattern.text == route.source.pattern.text;
+            same_source.then_some(id)
+        };
+        // An output made for an unchanged destination (the same target,
+        // the same name template) is still right after the reload.
+        let carried = |out: &mut Outbound| -> bool {
+            let Some(id) = successor(out.route) else { return false };
+            let Some(old) = old_table.route_by_id(out.route) else { return false };
+            let old = old.destinations.get(out.destination);
+            let new = table.route_by_id(id).and_then(|r| r.destinations.get(out.destination));
+            let unchanged = matches!((old, new), (Some(old), Some(new))
+                if new.target == out.target && new.template.text == old.template.text);
+            out.route = id;
+            unchanged
+        };
+        let mut stats: Vec<RouteStats> =
+            table.routes().iter().map(|_| RouteStats::default()).collect();
+        for (old, old_route_stats) in old_stats.iter().enumerate() {
+            if let Some(new) = successor(RouteId(old)).and_then(|id| stats.get_mut(id.0)) {
+                for ((_, value), (_, counter)) in
+                    old_route_stats.snapshot().into_iter().zip(new.counters())
+                {
+                    counter.store(value, Ordering::Relaxed);
                 }
-                fresh
-            })
-            .collect();
+            }
+        }
         self.enabled = std::mem::take(&mut self.enabled)
             .into_iter()
-            .filter_map(|(id, on)| {
-                let name = &old_table.route_by_id(id)?.name;
-                table.find(name).map(|new_id| (new_id, on))
+            .filter_map(|(id, on)| successor(id).map(|new_id| (new_id, on)))
+            .collect();
+        // Outputs in their delay keep their time; they then go out through
+        // the new links and count on the new counters.
+        let orphans = self.delay_line.renew(|out| carried(out));
+        // What `resend` remembers stays, for a peer that restarts after
+        // the reload.
+        self.last_values = std::mem::take(&mut self.last_values)
+            .into_iter()
+            .filter_map(|((_, destination, name), mut out)| {
+                carried(&mut out).then_some(((out.route.0, destination, name), out))
             })
             .collect();
-        // Outputs in their delay keep their time if their route and
-        // destination survived the reload unchanged; they then go out
-        // through the new links and count on the new counters.
-        let orphans = self.delay_line.renew(|out| {
-            let Some(name) = old_table.route_by_id(out.route).map(|r| &r.name) else {
-                return false;
-            };
-            let Some(id) = table.find(name) else { return false };
-            let same_destination = table
-                .route_by_id(id)
-                .and_then(|r| r.destinations.get(out.destination))
-                .is_some_and(|d| d.target == out.target);
-            out.route = id;
-            same_destination
-        });
         self.table = table;
         self.outputs.routes = Arc::new(stats);
         for out in &orphans {
             self.outputs.stale(out);
         }
-        self.last_values.clear();
         self.adopt(&config);
+        if !self.resend_enabled {
+            self.last_values.clear();
+        }
         self.config = config;
         // A new link announces once it connects.
         if !report.socketcluster_reconnected
