@@ -36,16 +36,17 @@ pub fn init(level: &str, format: LogFormat) {
         // A person watching: colours, and lines that are not kept.
         (LogFormat::Text, false) if colour => logs.init(),
         (LogFormat::Text, false) => {
-            logs.event_format(OneLine(tracing_subscriber::fmt::format())).init()
+            let format = tracing_subscriber::fmt::format();
+            logs.event_format(KeptLine { format, priority: false }).init()
         }
         (LogFormat::Json, false) => logs.json().init(),
         (LogFormat::Text, true) => {
-            let text = tracing_subscriber::fmt::format().without_time();
-            logs.event_format(SyslogPriority(OneLine(text))).init()
+            let format = tracing_subscriber::fmt::format().without_time();
+            logs.event_format(KeptLine { format, priority: true }).init()
         }
         (LogFormat::Json, true) => {
-            let json = tracing_subscriber::fmt::format().json().without_time();
-            logs.event_format(SyslogPriority(json)).init()
+            let format = tracing_subscriber::fmt::format().json().without_time();
+            logs.event_format(KeptLine { format, priority: true }).init()
         }
     }
 }
@@ -85,33 +86,19 @@ fn priority(level: Level) -> u8 {
     }
 }
 
-/// Writes `<N>` before whatever the wrapped format writes.
-struct SyslogPriority<F>(F);
-
-impl<S, N, F> FormatEvent<S, N> for SyslogPriority<F>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-    F: FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        write!(writer, "<{}>", priority(*event.metadata().level()))?;
-        self.0.format_event(ctx, writer, event)
-    }
+/// A log line that is kept (the journal, a file, a pipe): on one line, and
+/// for the journal with its syslog priority in front (`<4>`).
+///
+/// A line break inside a field (an OSC address, an MQTT topic, a server's
+/// close reason) is written as `\n`, so that input cannot forge log lines
+/// of its own, with a priority of its choosing in the journal. JSON lines
+/// escape them already.
+struct KeptLine<F> {
+    format: F,
+    priority: bool,
 }
 
-/// Keeps each event on one line: a line break inside a field (an OSC
-/// address, an MQTT topic, a server's close reason) is written as `\n`, so
-/// that input cannot forge log lines of its own, with a priority of its
-/// choosing in the journal. JSON lines escape them already.
-struct OneLine<F>(F);
-
-impl<S, N, F> FormatEvent<S, N> for OneLine<F>
+impl<S, N, F> FormatEvent<S, N> for KeptLine<F>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
@@ -123,8 +110,11 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
+        if self.priority {
+            write!(writer, "<{}>", priority(*event.metadata().level()))?;
+        }
         let mut line = String::new();
-        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        self.format.format_event(ctx, Writer::new(&mut line), event)?;
         for c in line.strip_suffix('\n').unwrap_or(&line).chars() {
             match c {
                 '\n' => writer.write_str("\\n")?,
@@ -173,13 +163,13 @@ mod tests {
         if json {
             let format = tracing_subscriber::fmt::format().json().without_time();
             tracing::subscriber::with_default(
-                builder.event_format(SyslogPriority(format)).finish(),
+                builder.event_format(KeptLine { format, priority: true }).finish(),
                 emit,
             );
         } else {
             let format = tracing_subscriber::fmt::format().without_time();
             tracing::subscriber::with_default(
-                builder.event_format(SyslogPriority(OneLine(format))).finish(),
+                builder.event_format(KeptLine { format, priority: true }).finish(),
                 emit,
             );
         }

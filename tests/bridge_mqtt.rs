@@ -20,6 +20,20 @@ use support::udp::{OscReceiver, send_osc};
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A state route: OSC `/level/*` to MQTT `levels/+`.
+const LEVELS: &str = r#"
+[[route]]
+name = "levels"
+from = { osc = "/level/*" }
+to = [{ mqtt = "levels/+" }]
+"#;
+
+/// Runtime control over MQTT, under `scbridge/control`.
+const CONTROL: &str = r#"
+[control]
+mqtt = "scbridge/control"
+"#;
+
 struct Peers {
     server: ScServer,
     broker: Mosquitto,
@@ -388,20 +402,10 @@ async fn resend_repeats_the_last_value_of_every_state_route_and_no_trigger() {
     let peers = Peers::start().await;
     let running = peers
         .bridge(
-            r#"
-[[route]]
-name = "levels"
-from = { osc = "/level/*" }
-to = [{ mqtt = "levels/+" }]
-
-[[route]]
-name = "bang"
-from = { cables_trigger = "bang" }
-to = [{ mqtt = "events/bang" }]
-
-[control]
-mqtt = "scbridge/control"
-"#,
+            &format!(
+                "{LEVELS}{CONTROL}{}",
+                "\n[[route]]\nname = \"bang\"\nfrom = { cables_trigger = \"bang\" }\nto = [{ mqtt = \"events/bang\" }]\n"
+            ),
         )
         .await;
     let mut levels = mosquitto::subscribe(peers.broker.port(), "levels/#").await;
@@ -437,19 +441,7 @@ mqtt = "scbridge/control"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resend_leaves_out_a_route_switched_off() {
     let peers = Peers::start().await;
-    let running = peers
-        .bridge(
-            r#"
-[[route]]
-name = "levels"
-from = { osc = "/level/*" }
-to = [{ mqtt = "levels/+" }]
-
-[control]
-mqtt = "scbridge/control"
-"#,
-        )
-        .await;
+    let running = peers.bridge(&format!("{LEVELS}{CONTROL}")).await;
     let mut levels = mosquitto::subscribe(peers.broker.port(), "levels/#").await;
     send_osc(osc_in(&running), "/level/a", vec![OscType::Float(0.1)]).await;
     send_osc(osc_in(&running), "/level/b", vec![OscType::Float(0.2)]).await;
@@ -480,19 +472,7 @@ async fn a_retained_reset_is_not_carried_out_but_a_retained_route_switch_is() {
     mosquitto::publish(port, "scbridge/control/reset", "1", 1, true).await;
     let switch_off = r#"{"name": "levels", "enabled": 0}"#;
     mosquitto::publish(port, "scbridge/control/route", switch_off, 1, true).await;
-    let running = peers
-        .bridge(
-            r#"
-[[route]]
-name = "levels"
-from = { osc = "/level/*" }
-to = [{ mqtt = "levels/+" }]
-
-[control]
-mqtt = "scbridge/control"
-"#,
-        )
-        .await;
+    let running = peers.bridge(&format!("{LEVELS}{CONTROL}")).await;
     let stats = running.stats.clone();
     wait_until(
         || get(&stats.retained_actions) == 1 && get(&stats.control_commands) == 1,
@@ -591,17 +571,15 @@ async fn a_reload_of_mqtt_routes_resubscribes_without_reconnecting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resend_after_a_reload_repeats_the_values_of_routes_that_stayed() {
     let peers = Peers::start().await;
-    let levels = "\n[[route]]\nname = \"levels\"\nfrom = { osc = \"/level/*\" }\nto = [{ mqtt = \"levels/+\" }]\n";
     let extra = "\n[[route]]\nname = \"extra\"\nfrom = { osc = \"/x\" }\nto = [{ mqtt = \"x\" }]\n";
-    let control = "\n[control]\nmqtt = \"scbridge/control\"\n";
-    let running = peers.bridge(&format!("{levels}{control}")).await;
+    let running = peers.bridge(&format!("{LEVELS}{CONTROL}")).await;
     let mut received = mosquitto::subscribe(peers.broker.port(), "levels/#").await;
     send_osc(osc_in(&running), "/level/a", vec![OscType::Float(0.1)]).await;
     assert_eq!(received.next_message(WAIT).await.text(), "0.1");
 
     // A route inserted above moves `levels` to another position.
     let config =
-        Config::from_toml(&peers.config(&format!("{extra}{levels}{control}")), "test.toml")
+        Config::from_toml(&peers.config(&format!("{extra}{LEVELS}{CONTROL}")), "test.toml")
             .expect("valid");
     running.reload(config).await;
     running.control(scbridge::bridge::Control::Resend).await;
