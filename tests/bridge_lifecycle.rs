@@ -179,13 +179,14 @@ delay_ms = 60000
 
 /// Outputs in their `delay_ms` when a reload comes: one whose route and
 /// destination survive it goes out on time through the new OSC endpoint
-/// (here to TouchDesigner's new address) and counts on the new counters;
-/// one whose route the reload removed is dropped and counted as stale.
+/// (here to TouchDesigner's new address, with a new target listed before
+/// it) and counts on the new counters; one whose route the reload removed
+/// is dropped and counted as stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_sends_delayed_outputs_of_surviving_routes_through_the_new_links() {
     let delayed = |name: &str, from: &str| {
         format!(
-            "[[route]]\nname = \"{name}\"\nfrom = {{ osc = \"{from}\" }}\nto = [{{ osc = \"/out{from}\" }}]\ndelay_ms = 8000\n"
+            "[[route]]\nname = \"{name}\"\nfrom = {{ osc = \"{from}\" }}\nto = [{{ osc = \"/out{from}\", target = \"td\" }}]\ndelay_ms = 8000\n"
         )
     };
     let both = format!("{}{}", delayed("kept", "/kept"), delayed("removed", "/removed"));
@@ -204,8 +205,10 @@ async fn a_reload_sends_delayed_outputs_of_surviving_routes_through_the_new_link
     )
     .await;
 
-    let report =
-        running.reload(config(&server, &moved_td, "127.0.0.1:0", &delayed("kept", "/kept"))).await;
+    let listed_first = OscReceiver::bind().await;
+    let targets = format!("a_first = \"{}\"\ntd = \"{}\"", listed_first.addr(), moved_td.addr());
+    let moved = config_with_targets(&server, "127.0.0.1:0", &targets, &delayed("kept", "/kept"));
+    let report = running.reload(moved).await;
     assert_eq!(report, ReloadReport { osc_restarted: true, routes: 1, ..ReloadReport::default() });
     assert_eq!(get(&stats.stale_outputs), 1, "the removed route's output is counted");
 
@@ -219,6 +222,7 @@ async fn a_reload_sends_delayed_outputs_of_surviving_routes_through_the_new_link
     wait_until(|| get(&routes[0].sent) == 1, WAIT, "counted on the new table's counters").await;
     assert_eq!(moved_td.try_next(Duration::from_millis(200)).await, None);
     assert_eq!(td.try_next(Duration::from_millis(200)).await, None, "nothing to the old address");
+    assert_eq!(listed_first.try_next(Duration::from_millis(200)).await, None, "nor the new target");
     running.stop().await;
 }
 

@@ -24,7 +24,7 @@ use crate::message::{Body, Message, SourceKind};
 use crate::mqtt::{MqttHandle, MqttOut, PayloadFormat, QoS};
 use crate::osc::mapping::OscOutOptions;
 use crate::osc::{OscHandle, OscOut};
-use crate::route::{Outbound, RouteId, RoutingTable, Skip};
+use crate::route::{Outbound, RouteId, RoutingTable, Skip, Target};
 use crate::sc::{Incoming, LinkState, ScClient};
 use crate::stats::{Routine, bump};
 
@@ -450,15 +450,39 @@ impl Router {
         };
         // An output made for an unchanged destination (the same target,
         // the same name template) is still right after the reload.
+        // OSC targets are numbered in name order: one added before them
+        // shifts the numbers, so they are compared by name.
+        let osc_name = |osc: &Option<crate::osc::OscConfig>, index: usize| {
+            osc.as_ref().and_then(|osc| osc.targets.get(index)).map(|t| t.name.clone())
+        };
+        let (old_osc, new_osc) = (&self.config.osc, &config.osc);
+        let same_target = |new: &Target, old: &Target| match (new, old) {
+            (
+                Target::Osc { target: new_index, options: new_options },
+                Target::Osc { target: old_index, options: old_options },
+            ) => {
+                new_options == old_options
+                    && osc_name(new_osc, *new_index).is_some()
+                    && osc_name(new_osc, *new_index) == osc_name(old_osc, *old_index)
+            }
+            (new, old) => new == old,
+        };
         let carried = |out: &mut Outbound| -> bool {
             let Some(id) = successor(out.route) else { return false };
             let Some(old) = old_table.route_by_id(out.route) else { return false };
             let old = old.destinations.get(out.destination);
             let new = table.route_by_id(id).and_then(|r| r.destinations.get(out.destination));
-            let unchanged = matches!((old, new), (Some(old), Some(new))
-                if new.target == out.target && new.template.text == old.template.text);
             out.route = id;
-            unchanged
+            match (old, new) {
+                (Some(old), Some(new))
+                    if same_target(&new.target, &out.target)
+                        && new.template.text == old.template.text =>
+                {
+                    out.target = new.target.clone();
+                    true
+                }
+                _ => false,
+            }
         };
         let mut stats: Vec<RouteStats> =
             table.routes().iter().map(|_| RouteStats::default()).collect();
