@@ -72,11 +72,35 @@ impl Message {
 }
 
 impl Body {
+    /// About how much memory this body holds: a bound for what waits in the
+    /// router, not an exact count.
+    pub fn held_bytes(&self) -> usize {
+        match self {
+            Body::Trigger => 0,
+            Body::Value(value) => value_bytes(value),
+        }
+    }
+
     /// A button's release: 0, false or off. TouchDesigner's buttons and
     /// pulse channels send 1 when pressed and 0 when let go; only the press
     /// is an event. No value at all, or any other value, is a press.
     pub fn is_release(&self) -> bool {
         matches!(self, Body::Value(value) if truthy(value) == Some(false))
+    }
+}
+
+/// A value's node, its text, and its keys. Depth is bounded: values come
+/// from JSON (serde_json stops at 128 levels), OSC arguments or the cables
+/// envelope.
+fn value_bytes(value: &Value) -> usize {
+    let own = std::mem::size_of::<Value>();
+    own + match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(text) => text.len(),
+        Value::Array(items) => items.iter().map(value_bytes).sum(),
+        Value::Object(fields) => {
+            fields.iter().map(|(key, v)| own + key.len() + value_bytes(v)).sum()
+        }
     }
 }
 

@@ -8,6 +8,10 @@ use crate::route::Outbound;
 
 /// Names tracked at most; idle ones are forgotten first.
 const TRACKED_NAMES: usize = 10_000;
+/// The most bytes of values waiting for their turn (see
+/// [`Outbound::held_bytes`]); beyond, a value goes out at once rather than
+/// wait, still replacing the one that waited.
+pub(super) const MAX_WAITING_BYTES: usize = 32 << 20;
 /// How often, at most, a full table is swept for idle names: a sweep walks
 /// every name, and a flood of new names must not pay for one each.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
@@ -40,6 +44,10 @@ pub(super) struct Coalescer {
     swept_at: Option<tokio::time::Instant>,
     /// New names sent without a rate limit because the table was full.
     untracked: u64,
+    /// The bytes of the values waiting.
+    waiting_bytes: usize,
+    /// Values sent at once because waiting would pass `MAX_WAITING_BYTES`.
+    over_budget: u64,
 }
 
 struct Slot {
@@ -60,6 +68,26 @@ impl Coalescer {
         let key = (out.route.0, out.destination, out.name.clone());
         match self.slots.get_mut(&key) {
             Some(slot) if slot.next > now => {
+                let before = slot.waiting.as_ref().map_or(0, Outbound::held_bytes);
+                let bytes = out.held_bytes();
+                if self.waiting_bytes.saturating_sub(before) + bytes > MAX_WAITING_BYTES {
+                    // No room to wait: out at once, and the older value
+                    // that waited is replaced by it all the same.
+                    self.waiting_bytes = self.waiting_bytes.saturating_sub(before);
+                    self.over_budget += 1;
+                    if crate::stats::worth_logging(self.over_budget) {
+                        tracing::warn!(
+                            bytes = MAX_WAITING_BYTES,
+                            count = self.over_budget,
+                            "max_rate: too many bytes waiting; a value went out before its turn"
+                        );
+                    }
+                    return match slot.waiting.take() {
+                        Some(_) => Offer::SendNowReplacing(out),
+                        None => Offer::SendNow(out),
+                    };
+                }
+                self.waiting_bytes = self.waiting_bytes.saturating_sub(before) + bytes;
                 if slot.waiting.replace(out).is_some() {
                     Offer::Replaced
                 } else {
@@ -71,7 +99,8 @@ impl Coalescer {
                 slot.next = now + interval;
                 slot.interval = interval;
                 // Its entry in `due` finds nothing waiting and is skipped.
-                if slot.waiting.take().is_some() {
+                if let Some(replaced) = slot.waiting.take() {
+                    self.waiting_bytes = self.waiting_bytes.saturating_sub(replaced.held_bytes());
                     Offer::SendNowReplacing(out)
                 } else {
                     Offer::SendNow(out)
@@ -125,6 +154,7 @@ impl Coalescer {
                 && let Some(out) = slot.waiting.take()
             {
                 slot.next = now + slot.interval;
+                self.waiting_bytes = self.waiting_bytes.saturating_sub(out.held_bytes());
                 ready.push(out);
             }
         }
@@ -133,6 +163,7 @@ impl Coalescer {
 
     pub(super) fn drain(&mut self) -> Vec<Outbound> {
         self.due.clear();
+        self.waiting_bytes = 0;
         self.slots.drain().filter_map(|(_, slot)| slot.waiting).collect()
     }
 }
@@ -151,6 +182,32 @@ mod tests {
             name: name.into(),
             body: Body::Value(json!(value)),
         }
+    }
+
+    #[test]
+    fn a_value_with_no_room_to_wait_goes_out_at_once_replacing_the_one_that_waited() {
+        let mut c = Coalescer::default();
+        let start = tokio::time::Instant::now();
+        let every = Duration::from_millis(100);
+        let large = |name: &str| Outbound {
+            body: Body::Value(json!("x".repeat(MAX_WAITING_BYTES / 2))),
+            ..output(name, 0.0)
+        };
+        for name in ["/a", "/b"] {
+            assert!(matches!(c.offer(output(name, 1.0), every, start), Offer::SendNow(_)));
+        }
+        assert!(matches!(c.offer(large("/a"), every, start), Offer::Waiting));
+        assert!(matches!(c.offer(output("/b", 2.0), every, start), Offer::Waiting));
+        assert!(
+            matches!(c.offer(large("/b"), every, start), Offer::SendNowReplacing(_)),
+            "two halves and their overhead pass the budget"
+        );
+        assert_eq!(c.take_due(start + every), vec![large("/a")], "/b waits no more");
+        assert_eq!(c.waiting_bytes, 0, "every byte given back");
+        assert!(
+            matches!(c.offer(large("/a"), every, start + every), Offer::Waiting),
+            "with the bytes back, a large value waits its turn again"
+        );
     }
 
     #[test]

@@ -10,10 +10,17 @@ use tokio::time::Instant;
 
 use crate::route::Outbound;
 
-/// Outputs waiting for their delay, earliest due first; bounded.
+/// The most bytes waiting at once (see [`Outbound::held_bytes`]): with
+/// large values (an image as a data URL) the count alone would allow
+/// gigabytes.
+pub(super) const MAX_BYTES: usize = 32 << 20;
+
+/// Outputs waiting for their delay, earliest due first; bounded in count
+/// and in bytes.
 pub(super) struct DelayLine {
     waiting: BinaryHeap<Reverse<Held>>,
     capacity: usize,
+    bytes: usize,
     /// Breaks ties between equal due times, so outputs keep their order.
     next_seq: u64,
 }
@@ -21,6 +28,7 @@ pub(super) struct DelayLine {
 struct Held {
     due: Instant,
     seq: u64,
+    bytes: usize,
     out: Outbound,
 }
 
@@ -46,15 +54,17 @@ impl Ord for Held {
 
 impl DelayLine {
     pub(super) fn new(capacity: usize) -> Self {
-        DelayLine { waiting: BinaryHeap::new(), capacity, next_seq: 0 }
+        DelayLine { waiting: BinaryHeap::new(), capacity, bytes: 0, next_seq: 0 }
     }
 
     /// Holds `out` until `due`; hands it back when the line is full.
     pub(super) fn hold(&mut self, out: Outbound, due: Instant) -> Result<(), Outbound> {
-        if self.waiting.len() >= self.capacity {
+        let bytes = out.held_bytes();
+        if self.waiting.len() >= self.capacity || self.bytes + bytes > MAX_BYTES {
             return Err(out);
         }
-        self.waiting.push(Reverse(Held { due, seq: self.next_seq, out }));
+        self.bytes += bytes;
+        self.waiting.push(Reverse(Held { due, seq: self.next_seq, bytes, out }));
         self.next_seq += 1;
         Ok(())
     }
@@ -73,6 +83,7 @@ impl DelayLine {
         let mut due = Vec::new();
         while self.waiting.peek().is_some_and(|Reverse(held)| held.due <= now) {
             if let Some(Reverse(held)) = self.waiting.pop() {
+                self.bytes = self.bytes.saturating_sub(held.bytes);
                 due.push(held.out);
             }
         }
@@ -89,6 +100,7 @@ impl DelayLine {
             if renew(&mut held.out) {
                 kept.push(Reverse(held));
             } else {
+                self.bytes = self.bytes.saturating_sub(held.bytes);
                 orphans.push(held.out);
             }
         }
@@ -98,6 +110,7 @@ impl DelayLine {
 
     /// Empties the line (at the stop).
     pub(super) fn drain(&mut self) -> Vec<Outbound> {
+        self.bytes = 0;
         std::mem::take(&mut self.waiting).into_iter().map(|Reverse(held)| held.out).collect()
     }
 }
@@ -122,6 +135,21 @@ mod tests {
 
     fn names(outs: &[Outbound]) -> Vec<&str> {
         outs.iter().map(|o| o.name.as_str()).collect()
+    }
+
+    #[test]
+    fn the_line_refuses_what_would_pass_its_bytes_and_takes_more_once_they_go() {
+        let start = Instant::now();
+        let mut line = DelayLine::new(10);
+        let large = |name: &str| Outbound {
+            body: Body::Value(serde_json::Value::String("x".repeat(MAX_BYTES / 2))),
+            ..out(0, name)
+        };
+        assert!(line.hold(large("a"), start).is_ok());
+        assert!(line.hold(large("b"), start).is_err(), "two halves and their overhead pass it");
+        assert!(line.hold(out(0, "small"), start).is_ok());
+        assert_eq!(names(&line.take_due(start)), ["a", "small"]);
+        assert!(line.hold(large("b"), start).is_ok(), "the bytes were given back");
     }
 
     #[test]

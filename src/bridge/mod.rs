@@ -13,6 +13,7 @@ mod coalesce;
 mod control;
 mod delay;
 mod outputs;
+mod resend;
 mod router;
 
 use std::collections::{HashMap, HashSet};
@@ -456,7 +457,7 @@ pub async fn start(config: Config) -> Result<Running, BridgeError> {
         events: HashSet::new(),
         monitored: HashSet::new(),
         enabled: HashMap::new(),
-        last_values: HashMap::new(),
+        last_values: resend::ResendMemory::default(),
         resend_enabled: false,
         coalescer: Coalescer::default(),
         delay_line: delay::DelayLine::new(router::MAX_DELAYED),

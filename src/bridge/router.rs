@@ -9,10 +9,11 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::coalesce::{Coalescer, Offer, OutputKey};
+use super::coalesce::{Coalescer, Offer};
 use super::control::parse_control;
 use super::delay::DelayLine;
 use super::outputs::{CablesOut, Outputs};
+use super::resend::{self, ResendMemory};
 use super::{
     Control, Endpoint, ReloadReport, RouteStats, View, mqtt_subscriptions, sc_subscriptions,
     start_mqtt, start_osc,
@@ -31,13 +32,11 @@ use crate::stats::{Routine, bump};
 /// How many waiting messages the router takes in one turn before it looks
 /// at its other inputs again.
 const BATCH: usize = 256;
-/// Last values kept for `resend`, one per route, destination and name.
-const RESEND_MEMORY: usize = 10_000;
 /// Outputs waiting for their route's `delay_ms` at once, over all routes;
 /// beyond this they are dropped and counted, so that a flood into a delayed
 /// route cannot pile up without bound.
 pub(super) const MAX_DELAYED: usize = 10_000;
-/// A resend sends up to [`RESEND_MEMORY`] outputs at once; a flood of
+/// A resend sends up to [`resend::MAX_ENTRIES`] outputs at once; a flood of
 /// resend commands must not become a flood of outputs. A reset interrupts
 /// the reconnect of the one before; a flood of resets would keep the link
 /// from ever coming up.
@@ -59,7 +58,7 @@ pub(super) struct Router {
     /// Runtime overrides of routes' `enabled`.
     pub(super) enabled: HashMap<RouteId, bool>,
     /// The last output of every state route, for `resend`.
-    pub(super) last_values: HashMap<OutputKey, Outbound>,
+    pub(super) last_values: ResendMemory,
     /// Whether `resend` can be asked for (a control prefix is configured).
     pub(super) resend_enabled: bool,
     /// Rate-limited routes: per destination name, when it last went out and
@@ -504,12 +503,7 @@ impl Router {
         let orphans = self.delay_line.renew(|out| carried(out));
         // What `resend` remembers stays, for a peer that restarts after
         // the reload.
-        self.last_values = std::mem::take(&mut self.last_values)
-            .into_iter()
-            .filter_map(|((_, destination, name), mut out)| {
-                carried(&mut out).then_some(((out.route.0, destination, name), out))
-            })
-            .collect();
+        self.last_values.renew(|out| carried(out));
         self.table = table;
         self.outputs.routes = Arc::new(stats);
         for out in &orphans {
@@ -774,17 +768,17 @@ impl Router {
             let route = &table.routes()[route_index];
             // Remembered only when something can ask for a resend: it costs
             // a copy of every output.
-            if self.resend_enabled && !route.carries_triggers() {
-                let key = (out.route.0, out.destination, out.name.clone());
-                if self.last_values.len() < RESEND_MEMORY || self.last_values.contains_key(&key) {
-                    self.last_values.insert(key, out.clone());
-                } else if let Some(count) = crate::stats::bump_loggable(&stats.resend_memory_full) {
-                    tracing::warn!(
-                        count,
-                        limit = RESEND_MEMORY,
-                        "resend memory full: this value will not be resent"
-                    );
-                }
+            if self.resend_enabled
+                && !route.carries_triggers()
+                && !self.last_values.remember(&out)
+                && let Some(count) = crate::stats::bump_loggable(&stats.resend_memory_full)
+            {
+                tracing::warn!(
+                    count,
+                    names = resend::MAX_ENTRIES,
+                    bytes = resend::MAX_BYTES,
+                    "resend memory full: this value will not be resent"
+                );
             }
             if let Some(interval) = route.min_interval {
                 let now = tokio::time::Instant::now();
@@ -987,7 +981,7 @@ fn send_or_hold(
         if let Err(out) = delay_line.hold(out, due) {
             let route_stats = &outputs.routes[out.route.0];
             if let Some(count) = crate::stats::bump_loggable(&route_stats.delay_full) {
-                tracing::warn!(route = %route.name, count, limit = MAX_DELAYED, "too many outputs waiting for their delay: dropped one");
+                tracing::warn!(route = %route.name, count, limit = MAX_DELAYED, bytes = super::delay::MAX_BYTES, "too many outputs, or bytes, waiting for their delay: dropped one");
             }
         }
     }

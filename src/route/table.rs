@@ -163,6 +163,14 @@ pub struct Outbound {
     pub body: Body,
 }
 
+impl Outbound {
+    /// About how much memory the output holds while it waits (its delay,
+    /// its `max_rate` turn, or in the resend memory).
+    pub fn held_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.name.len() + self.body.held_bytes()
+    }
+}
+
 /// Why a matched route sent nothing to one of its destinations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Skip {
