@@ -142,35 +142,21 @@ pub trait Observe: Send + Sync + 'static {
 /// megabytes, copied again for every request.
 pub const MAX_RECENT_VALUE_BYTES: usize = 4096;
 
+/// The most characters of a name (a topic, an address) in `/recent`.
+pub const MAX_RECENT_NAME_CHARS: usize = 256;
+/// The most outputs of one message listed in `/recent` (an object split
+/// into OSC messages can make thousands).
+pub const MAX_RECENT_OUTPUTS: usize = 16;
+
 /// A value as `/recent` keeps it: itself when its JSON text is at most
 /// `limit` bytes, otherwise the start of that text, cut and marked so.
 pub fn bounded_copy(value: &serde_json::Value, limit: usize) -> serde_json::Value {
-    /// Keeps the first `limit` bytes written, then refuses, so that a huge
-    /// value costs no more than the bytes kept.
-    struct Kept {
-        bytes: Vec<u8>,
-        limit: usize,
-    }
-    impl std::io::Write for Kept {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            let room = self.limit - self.bytes.len();
-            if bytes.len() > room {
-                self.bytes.extend_from_slice(&bytes[..room]);
-                return Err(std::io::Error::other("over the limit"));
-            }
-            self.bytes.extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
+    match crate::stats::json_within(value, limit) {
+        Ok(_) => value.clone(),
+        Err(start) => {
+            serde_json::Value::String(format!("{start}… (cut: over {limit} bytes of JSON)"))
         }
     }
-    let mut kept = Kept { bytes: Vec::new(), limit };
-    if serde_json::to_writer(&mut kept, value).is_ok() {
-        return value.clone();
-    }
-    let start = String::from_utf8_lossy(&kept.bytes);
-    serde_json::Value::String(format!("{start}… (cut: over {limit} bytes of JSON)"))
 }
 
 /// The last N routed messages (SocketIO DAT's "Clamp Output"/"Max Lines"):

@@ -90,9 +90,9 @@ fn priority(level: Level) -> u8 {
 /// for the journal with its syslog priority in front (`<4>`).
 ///
 /// A line break inside a field (an OSC address, an MQTT topic, a server's
-/// close reason) is written as `\n`, so that input cannot forge log lines
-/// of its own, with a priority of its choosing in the journal. JSON lines
-/// escape them already.
+/// close reason) is written as `\n`, a NUL as `\u{0}`, so that input
+/// cannot forge log lines of its own, with a priority of its choosing in
+/// the journal. JSON lines escape them already.
 struct KeptLine<F> {
     format: F,
     priority: bool,
@@ -119,6 +119,9 @@ where
             match c {
                 '\n' => writer.write_str("\\n")?,
                 '\r' => writer.write_str("\\r")?,
+                // journald ends a line at a NUL too; no control character
+                // belongs in a kept line.
+                c if c.is_control() && c != '\t' => write!(writer, "\\u{{{:x}}}", u32::from(c))?,
                 c => writer.write_char(c)?,
             }
         }
@@ -193,11 +196,16 @@ mod tests {
 
     #[test]
     fn a_line_break_in_a_field_cannot_forge_a_line_of_its_own() {
-        let forged = "/x\n<0>scbridge: forged\r";
+        let forged = "/x\n<0>scbridge: forged\r\0<0>again";
         let lines = journal_lines(false, || tracing::info!(name = %forged, "no route"));
         assert_eq!(lines.len(), 1, "{lines:#?}");
         assert!(lines[0].starts_with("<6>"), "{}", lines[0]);
-        assert!(lines[0].ends_with("name=/x\\n<0>scbridge: forged\\r"), "{}", lines[0]);
+        assert!(
+            lines[0].ends_with("name=/x\\n<0>scbridge: forged\\r\\u{0}<0>again"),
+            "{}",
+            lines[0]
+        );
+        assert!(!lines[0].contains('\0'));
     }
 
     #[test]

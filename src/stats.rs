@@ -128,6 +128,35 @@ pub fn excerpt(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A value's JSON text when it is at most `limit` bytes; otherwise `Err`
+/// with its first `limit` bytes (a character cut in two is replaced). The
+/// serialisation stops at the limit, so a huge value costs no more.
+pub fn json_within(value: &serde_json::Value, limit: usize) -> Result<String, String> {
+    /// Keeps the first `limit` bytes written, then refuses.
+    struct Kept {
+        bytes: Vec<u8>,
+        limit: usize,
+    }
+    impl std::io::Write for Kept {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let room = self.limit - self.bytes.len();
+            if bytes.len() > room {
+                self.bytes.extend_from_slice(&bytes[..room]);
+                return Err(std::io::Error::other("over the limit"));
+            }
+            self.bytes.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut kept = Kept { bytes: Vec::new(), limit };
+    let whole = serde_json::to_writer(&mut kept, value).is_ok();
+    let text = String::from_utf8_lossy(&kept.bytes).into_owned();
+    if whole { Ok(text) } else { Err(text) }
+}
+
 /// True for the counts worth a log line when something keeps failing: the
 /// first, then powers of two, then every thousandth. Keeps a flood of bad
 /// input from flooding the journal too, while the counter stays exact.
@@ -152,6 +181,13 @@ mod tests {
         let next = start + std::time::Duration::from_secs(1);
         assert_eq!(watched.line_at(&unlogged, next), Some(5), "the next line counts the unsaid");
         assert_eq!(watched.line_at(&unlogged, next), Some(0));
+    }
+
+    #[test]
+    fn json_within_gives_the_whole_text_or_its_start() {
+        let value = serde_json::json!({"a": "ééé"});
+        assert_eq!(json_within(&value, 100), Ok(r#"{"a":"ééé"}"#.to_owned()));
+        assert_eq!(json_within(&value, 9), Err("{\"a\":\"é\u{fffd}".to_owned()));
     }
 
     #[test]

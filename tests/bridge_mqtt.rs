@@ -588,6 +588,36 @@ async fn resend_after_a_reload_repeats_the_values_of_routes_that_stayed() {
     running.stop().await;
 }
 
+/// A route that a reload gives a trigger destination remembers nothing
+/// new; what it remembered before is forgotten rather than resent for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_now_carries_a_trigger_has_nothing_to_resend() {
+    let peers = Peers::start().await;
+    let other = "\n[[route]]\nname = \"other\"\nfrom = { osc = \"/other/*\" }\nto = [{ mqtt = \"other/+\" }]\n";
+    let running = peers.bridge(&format!("{LEVELS}{other}{CONTROL}")).await;
+    let mut levels = mosquitto::subscribe(peers.broker.port(), "levels/#").await;
+    let mut others = mosquitto::subscribe(peers.broker.port(), "other/#").await;
+    send_osc(osc_in(&running), "/level/a", vec![OscType::Float(0.1)]).await;
+    send_osc(osc_in(&running), "/other/x", vec![OscType::Float(0.2)]).await;
+    assert_eq!(levels.next_message(WAIT).await.text(), "0.1");
+    assert_eq!(others.next_message(WAIT).await.text(), "0.2");
+
+    let levels_with_a_trigger = LEVELS.replace(
+        "to = [{ mqtt = \"levels/+\" }]",
+        "to = [{ mqtt = \"levels/+\" }, { cables_trigger = \"level\" }]",
+    );
+    let config = Config::from_toml(
+        &peers.config(&format!("{levels_with_a_trigger}{other}{CONTROL}")),
+        "test.toml",
+    )
+    .expect("valid");
+    running.reload(config).await;
+    running.control(scbridge::bridge::Control::Resend).await;
+    assert_eq!(others.next_message(WAIT).await.text(), "0.2", "the other route is resent");
+    levels.expect_nothing(Duration::from_millis(300)).await;
+    running.stop().await;
+}
+
 /// A route without a name is "route N" after its position. A route switch
 /// stays with the route it was given to, and does not pass to the one that
 /// takes its name when a route is inserted above it.

@@ -42,8 +42,8 @@ pub(super) const MAX_DELAYED: usize = 10_000;
 /// from ever coming up.
 const MIN_ACTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The most characters of a watched channel's message in its log line.
-const MAX_LOGGED_VALUE_CHARS: usize = 1000;
+/// The most bytes of a watched channel's message in its log line.
+const MAX_LOGGED_VALUE_BYTES: usize = 1000;
 
 pub(super) struct Router {
     pub(super) config: Config,
@@ -102,15 +102,9 @@ pub(super) struct ControlMemory {
 }
 
 impl ControlMemory {
-    /// Whether an action last done at `last` may be done again now; if so,
-    /// `now` becomes its last time.
-    fn allow(last: &mut Option<tokio::time::Instant>) -> bool {
-        let now = tokio::time::Instant::now();
-        if last.is_some_and(|at| now < at + MIN_ACTION_INTERVAL) {
-            return false;
-        }
-        *last = Some(now);
-        true
+    /// Whether an action last done at `last` may be done again now.
+    fn allows(last: Option<tokio::time::Instant>) -> bool {
+        last.is_none_or(|at| tokio::time::Instant::now() >= at + MIN_ACTION_INTERVAL)
     }
 }
 
@@ -503,7 +497,11 @@ impl Router {
         let orphans = self.delay_line.renew(|out| carried(out));
         // What `resend` remembers stays, for a peer that restarts after
         // the reload.
-        self.last_values.renew(|out| carried(out));
+        // A route that now carries a trigger remembers nothing new, so what
+        // it remembered before would be resent for ever.
+        self.last_values.renew(|out| {
+            carried(out) && table.route_by_id(out.route).is_some_and(|r| !r.carries_triggers())
+        });
         self.table = table;
         self.outputs.routes = Arc::new(stats);
         for out in &orphans {
@@ -640,8 +638,8 @@ impl Router {
                 }
                 if self.monitored.contains(&channel) {
                     if let Some(unsaid) = self.quiet.watched.line(&stats.monitored_unlogged) {
-                        let data = data.to_string();
-                        let data = crate::stats::excerpt(&data, MAX_LOGGED_VALUE_CHARS);
+                        let data = crate::stats::json_within(&data, MAX_LOGGED_VALUE_BYTES)
+                            .unwrap_or_else(|start| format!("{start}… (cut)"));
                         tracing::info!(%channel, %data, unsaid, "publish");
                     }
                 } else if let Some(count) =
@@ -841,13 +839,20 @@ impl Router {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let outputs: Vec<Value> = self
+        use crate::http::{MAX_RECENT_NAME_CHARS, MAX_RECENT_OUTPUTS};
+        use crate::stats::excerpt;
+        let mut outputs: Vec<Value> = self
             .out
             .iter()
-            .map(
-                |o| serde_json::json!({"route": self.table.routes()[o.route.0].name, "to": o.name}),
-            )
+            .take(MAX_RECENT_OUTPUTS)
+            .map(|o| {
+                let route = &self.table.routes()[o.route.0].name;
+                serde_json::json!({"route": route, "to": excerpt(&o.name, MAX_RECENT_NAME_CHARS)})
+            })
             .collect();
+        if let Some(more) = self.out.len().checked_sub(MAX_RECENT_OUTPUTS).filter(|n| *n > 0) {
+            outputs.push(serde_json::json!({"more": more}));
+        }
         let value = match &message.body {
             Body::Value(value) => {
                 crate::http::bounded_copy(value, crate::http::MAX_RECENT_VALUE_BYTES)
@@ -857,7 +862,7 @@ impl Router {
         self.recent.push(serde_json::json!({
             "time_ms": now,
             "source": message.source.key(),
-            "name": message.name,
+            "name": excerpt(&message.name, MAX_RECENT_NAME_CHARS),
             "value": value,
             "outputs": outputs,
             "skipped": self.skipped.len(),
@@ -879,7 +884,7 @@ impl Router {
                 }
             }
             Control::Reset => {
-                if !ControlMemory::allow(&mut self.control_memory.last_reset) {
+                if !ControlMemory::allows(self.control_memory.last_reset) {
                     if let Some(count) =
                         crate::stats::bump_loggable(&self.outputs.stats.resets_refused)
                     {
@@ -889,6 +894,8 @@ impl Router {
                         );
                     }
                 } else if self.outputs.sc.try_reset() {
+                    // Only a reset the link took starts the interval.
+                    self.control_memory.last_reset = Some(tokio::time::Instant::now());
                     tracing::info!("control: SocketCluster link reset");
                 } else {
                     self.link_busy();
@@ -914,7 +921,7 @@ impl Router {
                 }
             },
             Control::Resend => {
-                if !ControlMemory::allow(&mut self.control_memory.last_resend) {
+                if !ControlMemory::allows(self.control_memory.last_resend) {
                     if let Some(count) =
                         crate::stats::bump_loggable(&self.outputs.stats.resends_refused)
                     {
@@ -925,6 +932,7 @@ impl Router {
                     }
                     return;
                 }
+                self.control_memory.last_resend = Some(tokio::time::Instant::now());
                 tracing::info!(
                     values = self.last_values.len(),
                     "control: sending every state route's last value again"

@@ -299,12 +299,17 @@ impl RoutingTable {
                 skipped.push((id, Skip::Disabled));
                 continue;
             }
+            let mut released = false;
             for (position, destination) in route.destinations.iter().enumerate() {
                 if destination.target.is_trigger()
                     && route.trigger_on == TriggerOn::Press
                     && message.body.is_release()
                 {
-                    skipped.push((id, Skip::Release));
+                    // Once per route: `releases` counts button releases.
+                    if !released {
+                        skipped.push((id, Skip::Release));
+                        released = true;
+                    }
                     continue;
                 }
                 let Some(name) = destination.template.fill(&captures) else {
@@ -478,7 +483,11 @@ mod tests {
             ..route(
                 "go",
                 source(SourceKind::Osc, "/td/go"),
-                vec![dest(Target::CablesTrigger { topic: None }, "go"), dest(osc(), "/echo")],
+                vec![
+                    dest(Target::CablesTrigger { topic: None }, "go"),
+                    dest(osc(), "/echo"),
+                    dest(Target::CablesTrigger { topic: None }, "go again"),
+                ],
             )
         };
         let press_only = RoutingTable::new(vec![go(TriggerOn::Press)]);
@@ -487,7 +496,7 @@ mod tests {
         let press = Message::value(SourceKind::Osc, "/td/go", json!(1.0));
 
         let (out, skipped) = routed(&press_only, &release);
-        assert_eq!(skipped, vec![(RouteId(0), Skip::Release)]);
+        assert_eq!(skipped, vec![(RouteId(0), Skip::Release)], "one release, two destinations");
         assert_eq!(out.len(), 1, "the value destination still gets the 0");
         assert_eq!((out[0].name.as_str(), &out[0].body), ("/echo", &Body::Value(json!(0.0))));
 
