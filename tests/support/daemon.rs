@@ -122,6 +122,8 @@ impl NotifySocket {
 pub struct Daemon {
     pub child: Child,
     log: Arc<Mutex<String>>,
+    /// Copies stderr into `log` until the pipe closes.
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -164,7 +166,7 @@ impl Daemon {
         let log = Arc::new(Mutex::new(String::new()));
         let mut stderr = child.stderr.take().expect("stderr piped");
         let sink = log.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut buffer = vec![0u8; 8192];
             while let Ok(n) = stderr.read(&mut buffer).await {
                 if n == 0 {
@@ -173,7 +175,7 @@ impl Daemon {
                 sink.lock().expect("log lock").push_str(&String::from_utf8_lossy(&buffer[..n]));
             }
         });
-        Daemon { child, log }
+        Daemon { child, log, reader: Some(reader) }
     }
 
     pub fn pid(&self) -> i32 {
@@ -200,6 +202,11 @@ impl Daemon {
                 panic!("scbridge did not exit within {limit:?}; log:\n{}", self.log())
             })
             .expect("wait for scbridge");
+        // The log's last lines may still be in the pipe: read to its end, so
+        // that what the test reads next is everything it logged.
+        if let Some(reader) = self.reader.take() {
+            let _ = tokio::time::timeout(limit, reader).await;
+        }
         status.code().unwrap_or(-1)
     }
 
