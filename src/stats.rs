@@ -1,5 +1,7 @@
 //! Named monotonic counters. Every place that can drop a message bumps one
-//! named after the reason; logs and `/metrics` read them by name.
+//! named after the reason; logs and `/metrics` read them by name. Also the
+//! pacing of the log lines that go with them, and the cut of values shown
+//! in a log line, so that neither a flood nor a huge value floods the log.
 
 /// Declares a struct of `AtomicU64` counters with a `snapshot()` by name.
 macro_rules! counters {
