@@ -369,6 +369,51 @@ listen = "127.0.0.1:0"
     assert_eq!(log.matches("control: route switched").count(), 2, "{log}");
 }
 
+/// A channel subscribed to be watched has its messages logged, at most 20
+/// lines a second and each value cut to 1,000 bytes of JSON; every message
+/// is either logged or counted as left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_channel_is_logged_paced_and_cut_and_the_rest_counted() {
+    const SENT: usize = 40;
+    let server = ScServer::start(ScServerOptions::new()).await;
+    let dir = TempDir::new("watch");
+    let config = dir.path().join("bridge.toml");
+    let text = format!(
+        "[socketcluster]\nurl = \"{}\"\nsubscribe = [\"watch\"]\n\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        server.url()
+    );
+    std::fs::write(&config, text).expect("write config");
+    let mut daemon = Daemon::start(&config, &[]);
+    let http = daemon.listening("HTTP listener", WAIT).await.port();
+    server.next_line_matching(|l| l.starts_with("SUBSCRIBE ") && l.contains(" watch "), WAIT).await;
+
+    let started = std::time::Instant::now();
+    server.publish("watch", &json!("x".repeat(5000))).await;
+    for n in 1..SENT {
+        server.publish("watch", &json!(n)).await;
+    }
+    let logged = |log: &str| log.lines().filter(|l| l.contains(" publish channel=watch")).count();
+    let unlogged = r#"scbridge_bridge_events_total{event="monitored_unlogged"}"#;
+    wait_until(
+        || async {
+            let left_out = metric(&http_get(http, "/metrics").await.1, unlogged) as usize;
+            logged(&daemon.log()) + left_out == SENT
+        },
+        WAIT,
+        "every message logged or counted as left out",
+    )
+    .await;
+    // At most 20 lines in each second the messages took to arrive.
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    let log = daemon.log();
+    assert!(logged(&log) <= 20 * seconds, "{} lines in {seconds} s", logged(&log));
+    let first = log.lines().find(|l| l.contains(" publish channel=watch")).expect("a line");
+    assert!(first.contains("… (cut)"), "{first}");
+    assert!(first.len() < 1_300, "the 5,000-character value was cut: {} bytes", first.len());
+    daemon.signal("TERM").await;
+    assert_eq!(daemon.wait(WAIT).await, 0);
+}
+
 async fn http_get(port: u16, path: &str) -> (String, String) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
     stream
