@@ -820,18 +820,25 @@ async fn a_shutdown_behind_refused_qos_2_publishes_still_sends_everything_then_o
 /// Takes over the MQTT 3.1.1 session of `client_id` on the broker (which
 /// disconnects the client holding it), keeping the session, and leaves.
 async fn take_over_session(port: u16, client_id: &str) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x00, 0, 60];
-    body.extend_from_slice(&u16::try_from(client_id.len()).expect("short id").to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
-    let mut connect = vec![0x10, u8::try_from(body.len()).expect("short packet")];
-    connect.extend(body);
-    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-    socket.write_all(&connect).await.expect("CONNECT");
-    let mut connack = [0u8; 4];
-    socket.read_exact(&mut connack).await.expect("CONNACK");
-    assert_eq!((connack[0], connack[3]), (0x20, 0), "the broker accepted the takeover");
-    socket.write_all(&[0xe0, 0]).await.expect("DISCONNECT");
+    use rumqttc::{ConnectReturnCode, Event, Outgoing, Packet};
+    let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_clean_session(false);
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 4);
+    let took_over = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await.expect("the broker answers") {
+                Event::Incoming(Packet::ConnAck(ack)) => break ack.code,
+                _ => continue,
+            }
+        }
+    });
+    let code = took_over.await.expect("a CONNACK in time");
+    assert_eq!(code, ConnectReturnCode::Success, "the broker accepted the takeover");
+    client.disconnect().await.expect("DISCONNECT queued");
+    let left = tokio::time::timeout(Duration::from_secs(10), async {
+        while !matches!(events.poll().await, Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_)) {}
+    });
+    left.await.expect("DISCONNECT sent in time");
 }
 
 /// With `clean_session = false`, an UNSUBSCRIBE the broker never read
