@@ -151,12 +151,12 @@ pub const MAX_RECENT_OUTPUTS: usize = 16;
 /// A value as `/recent` keeps it: itself when its JSON text is at most
 /// `limit` bytes, otherwise the start of that text, cut and marked so.
 pub fn bounded_copy(value: &serde_json::Value, limit: usize) -> serde_json::Value {
-    match crate::stats::json_within(value, limit) {
-        Ok(_) => value.clone(),
-        Err(start) => {
-            serde_json::Value::String(format!("{start}… (cut: over {limit} bytes of JSON)"))
-        }
+    // Most values fit: they are only counted, not written out.
+    if crate::stats::json_fits(value, limit) {
+        return value.clone();
     }
+    let start = crate::stats::json_within(value, limit).unwrap_or_else(|start| start);
+    serde_json::Value::String(format!("{start}… (cut: over {limit} bytes of JSON)"))
 }
 
 /// The last N routed messages (SocketIO DAT's "Clamp Output"/"Max Lines"):

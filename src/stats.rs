@@ -130,32 +130,44 @@ pub fn excerpt(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Takes up to `limit` bytes of JSON text, keeping them only when asked,
+/// then refuses: serialising a huge value costs no more than the limit.
+struct Bounded {
+    kept: Option<Vec<u8>>,
+    written: usize,
+    limit: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let room = self.limit - self.written;
+        let taken = bytes.len().min(room);
+        if let Some(kept) = &mut self.kept {
+            kept.extend_from_slice(&bytes[..taken]);
+        }
+        self.written += taken;
+        if taken < bytes.len() {
+            return Err(std::io::Error::other("over the limit"));
+        }
+        Ok(taken)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether a value's JSON text is at most `limit` bytes; nothing is kept.
+pub fn json_fits(value: &serde_json::Value, limit: usize) -> bool {
+    let mut counted = Bounded { kept: None, written: 0, limit };
+    serde_json::to_writer(&mut counted, value).is_ok()
+}
+
 /// A value's JSON text when it is at most `limit` bytes; otherwise `Err`
-/// with its first `limit` bytes (a character cut in two is replaced). The
-/// serialisation stops at the limit, so a huge value costs no more.
+/// with its first `limit` bytes (a character cut in two is replaced).
 pub fn json_within(value: &serde_json::Value, limit: usize) -> Result<String, String> {
-    /// Keeps the first `limit` bytes written, then refuses.
-    struct Kept {
-        bytes: Vec<u8>,
-        limit: usize,
-    }
-    impl std::io::Write for Kept {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            let room = self.limit - self.bytes.len();
-            if bytes.len() > room {
-                self.bytes.extend_from_slice(&bytes[..room]);
-                return Err(std::io::Error::other("over the limit"));
-            }
-            self.bytes.extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut kept = Kept { bytes: Vec::new(), limit };
-    let whole = serde_json::to_writer(&mut kept, value).is_ok();
-    let text = String::from_utf8_lossy(&kept.bytes).into_owned();
+    let mut text = Bounded { kept: Some(Vec::new()), written: 0, limit };
+    let whole = serde_json::to_writer(&mut text, value).is_ok();
+    let text = String::from_utf8_lossy(text.kept.as_deref().unwrap_or_default()).into_owned();
     if whole { Ok(text) } else { Err(text) }
 }
 
@@ -190,6 +202,7 @@ mod tests {
         let value = serde_json::json!({"a": "ééé"});
         assert_eq!(json_within(&value, 100), Ok(r#"{"a":"ééé"}"#.to_owned()));
         assert_eq!(json_within(&value, 9), Err("{\"a\":\"é\u{fffd}".to_owned()));
+        assert!(json_fits(&value, 14) && !json_fits(&value, 13), "14 bytes of JSON");
     }
 
     #[test]

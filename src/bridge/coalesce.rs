@@ -56,6 +56,8 @@ struct Slot {
     interval: Duration,
     /// The newest value waiting for `next`.
     waiting: Option<Outbound>,
+    /// Its [`Outbound::held_bytes`], kept so that it is measured once.
+    waiting_size: usize,
 }
 
 impl Coalescer {
@@ -68,7 +70,7 @@ impl Coalescer {
         let key = (out.route.0, out.destination, out.name.clone());
         match self.slots.get_mut(&key) {
             Some(slot) if slot.next > now => {
-                let before = slot.waiting.as_ref().map_or(0, Outbound::held_bytes);
+                let before = std::mem::take(&mut slot.waiting_size);
                 let bytes = out.held_bytes();
                 if self.waiting_bytes.saturating_sub(before) + bytes > MAX_WAITING_BYTES {
                     // No room to wait: out at once, and the older value
@@ -88,6 +90,7 @@ impl Coalescer {
                     };
                 }
                 self.waiting_bytes = self.waiting_bytes.saturating_sub(before) + bytes;
+                slot.waiting_size = bytes;
                 if slot.waiting.replace(out).is_some() {
                     Offer::Replaced
                 } else {
@@ -99,8 +102,9 @@ impl Coalescer {
                 slot.next = now + interval;
                 slot.interval = interval;
                 // Its entry in `due` finds nothing waiting and is skipped.
-                if let Some(replaced) = slot.waiting.take() {
-                    self.waiting_bytes = self.waiting_bytes.saturating_sub(replaced.held_bytes());
+                if slot.waiting.take().is_some() {
+                    let size = std::mem::take(&mut slot.waiting_size);
+                    self.waiting_bytes = self.waiting_bytes.saturating_sub(size);
                     Offer::SendNowReplacing(out)
                 } else {
                     Offer::SendNow(out)
@@ -123,7 +127,10 @@ impl Coalescer {
                     }
                     return Offer::SendNow(out);
                 }
-                self.slots.insert(key, Slot { next: now + interval, interval, waiting: None });
+                self.slots.insert(
+                    key,
+                    Slot { next: now + interval, interval, waiting: None, waiting_size: 0 },
+                );
                 Offer::SendNow(out)
             }
         }
@@ -154,7 +161,8 @@ impl Coalescer {
                 && let Some(out) = slot.waiting.take()
             {
                 slot.next = now + slot.interval;
-                self.waiting_bytes = self.waiting_bytes.saturating_sub(out.held_bytes());
+                let size = std::mem::take(&mut slot.waiting_size);
+                self.waiting_bytes = self.waiting_bytes.saturating_sub(size);
                 ready.push(out);
             }
         }

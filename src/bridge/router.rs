@@ -885,14 +885,7 @@ impl Router {
             }
             Control::Reset => {
                 if !ControlMemory::allows(self.control_memory.last_reset) {
-                    if let Some(count) =
-                        crate::stats::bump_loggable(&self.outputs.stats.resets_refused)
-                    {
-                        tracing::warn!(
-                            count,
-                            "control: reset refused, the last one was under a second ago"
-                        );
-                    }
+                    too_soon("reset", &self.outputs.stats.resets_refused);
                 } else if self.outputs.sc.try_reset() {
                     // Only a reset the link took starts the interval.
                     self.control_memory.last_reset = Some(tokio::time::Instant::now());
@@ -922,15 +915,7 @@ impl Router {
             },
             Control::Resend => {
                 if !ControlMemory::allows(self.control_memory.last_resend) {
-                    if let Some(count) =
-                        crate::stats::bump_loggable(&self.outputs.stats.resends_refused)
-                    {
-                        tracing::warn!(
-                            count,
-                            "control: resend refused, the last one was under a second ago"
-                        );
-                    }
-                    return;
+                    return too_soon("resend", &self.outputs.stats.resends_refused);
                 }
                 self.control_memory.last_resend = Some(tokio::time::Instant::now());
                 tracing::info!(
@@ -945,6 +930,14 @@ impl Router {
             }
             Control::Reload(..) => tracing::warn!("a reload can only come from the service"),
         }
+    }
+}
+
+/// A control action refused because the last one was under
+/// [`MIN_ACTION_INTERVAL`] ago: counted, and said.
+fn too_soon(action: &'static str, refused: &std::sync::atomic::AtomicU64) {
+    if let Some(count) = crate::stats::bump_loggable(refused) {
+        tracing::warn!(count, action, "control: refused, the last one was under a second ago");
     }
 }
 
