@@ -93,7 +93,15 @@
 //!   message one UDP `send_to` and one TCP write, nothing else. Its CPU per
 //!   message is what the sockets alone cost on this machine;
 //!   `bridge_cpu_over_floor` is scbridge's CPU per message over it, in the
-//!   same run.
+//!   same run. `floor_msgs_per_wakeup` is the messages per read that
+//!   returned data.
+//! - `paced_floor_cpu_us_per_msg` (burst only): flat out, the floor reads
+//!   far more messages per wake-up than scbridge, which gets them as fast
+//!   as the server sends them. This floor is fed the way scbridge was: at
+//!   the plain subscriber's measured rate, in writes of as many messages
+//!   as scbridge took per wake-up (`paced_floor_msgs_per_wakeup` is what
+//!   it then read per wake-up); `bridge_cpu_over_paced_floor` is
+//!   scbridge's CPU over it.
 //! - `bridge_msgs_per_wakeup`: messages over the times scbridge's thread
 //!   went to sleep for want of work (voluntary context switches). Every
 //!   wake-up costs the kernel a fixed amount whatever the turn handles, so
@@ -686,12 +694,37 @@ async fn load_phase(
     // As large as the frame the server sends the bridge for one message.
     let frame_bytes =
         scbridge::sc::codec::encode_publish(OBJECTS_CHANNEL, &envelope(hi), None).len();
-    let rate = load.rate;
-    let floor = tokio::task::spawn_blocking(move || kernel_floor(floor_count, rate, frame_bytes));
-    let floor = floor.await.map_err(|err| anyhow!("the floor forwarder: {err}"))??;
-    put(figures, format!("{name}.floor_cpu_us_per_msg"), floor);
+    let feed = Feed { rate: load.rate, batch: 1 };
+    let floor = run_floor(floor_count, feed, frame_bytes).await?;
+    put(figures, format!("{name}.floor_cpu_us_per_msg"), floor.cpu_us_per_msg);
+    put(figures, format!("{name}.floor_msgs_per_wakeup"), floor.msgs_per_wakeup);
     let bridge = figures.get(&format!("{name}.bridge_cpu_us_per_msg")).copied();
-    put(figures, format!("{name}.bridge_cpu_over_floor"), bridge.unwrap_or(f64::NAN) / floor);
+    let bridge = bridge.unwrap_or(f64::NAN);
+    put(figures, format!("{name}.bridge_cpu_over_floor"), bridge / floor.cpu_us_per_msg);
+    if load.rate.is_none() {
+        // Flat out, the floor reads far more messages per wake-up than
+        // scbridge, which gets them as the server sends them. This second
+        // floor is fed as scbridge was: at the rate the plain subscriber
+        // measured, in writes of as many messages as scbridge took per
+        // wake-up.
+        let plain = figures.get(&format!("{name}.plain.rate_msg_s")).copied();
+        let per_wakeup = figures.get(&format!("{name}.bridge_msgs_per_wakeup")).copied();
+        if let (Some(rate), Some(per_wakeup)) = (plain, per_wakeup)
+            && rate.is_finite()
+            && per_wakeup.is_finite()
+        {
+            let feed = Feed { rate: Some(rate), batch: per_wakeup.round().max(1.0) as usize };
+            let count = floor_count.min((rate * 2.0) as u64);
+            let paced = run_floor(count, feed, frame_bytes).await?;
+            put(figures, format!("{name}.paced_floor_cpu_us_per_msg"), paced.cpu_us_per_msg);
+            put(figures, format!("{name}.paced_floor_msgs_per_wakeup"), paced.msgs_per_wakeup);
+            put(
+                figures,
+                format!("{name}.bridge_cpu_over_paced_floor"),
+                bridge / paced.cpu_us_per_msg,
+            );
+        }
+    }
     if let Some(rate) = load.rate {
         // Below 1.0 the server itself could not keep up with the offered
         // rate, and every output's latency includes its queueing.
@@ -1911,11 +1944,27 @@ fn print_table(settings: &Settings, runs: &[Figures], median: &Figures) {
                 1,
             );
             add(
+                &format!("{phase}: messages per floor wake-up"),
+                &format!("{phase}.floor_msgs_per_wakeup"),
+                2,
+            );
+            add(
                 &format!("{phase}: scbridge CPU / kernel floor"),
                 &format!("{phase}.bridge_cpu_over_floor"),
                 2,
             );
         }
+        add(
+            "burst: floor fed at the server's pace, CPU µs per msg",
+            "burst.paced_floor_cpu_us_per_msg",
+            1,
+        );
+        add("burst: messages per wake-up of that floor", "burst.paced_floor_msgs_per_wakeup", 2);
+        add(
+            "burst: scbridge CPU / floor at the server's pace",
+            "burst.bridge_cpu_over_paced_floor",
+            2,
+        );
         for (phase, label) in
             [("reverse_osc", "reverse OSC→SC"), ("reverse_mqtt", "reverse MQTT→SC")]
         {
@@ -1984,7 +2033,7 @@ fn print_table(settings: &Settings, runs: &[Figures], median: &Figures) {
 /// same size at the same rate as the phase it stands beside; its thread's
 /// CPU per message (`getrusage(RUSAGE_THREAD)`, kernel time included) is
 /// what the socket work alone costs here. Returns µs per message.
-fn kernel_floor(count: u64, rate: Option<f64>, message_bytes: usize) -> Result<f64> {
+fn kernel_floor(count: u64, feed: Feed, message_bytes: usize) -> Result<FloorCost> {
     use std::io::Read as _;
     let input = TcpListener::bind("127.0.0.1:0")?;
     let input_addr = input.local_addr()?;
@@ -2008,7 +2057,7 @@ fn kernel_floor(count: u64, rate: Option<f64>, message_bytes: usize) -> Result<f
         while stream.read(&mut buf)? > 0 {}
         Ok(())
     });
-    let forwarder = std::thread::spawn(move || -> std::io::Result<f64> {
+    let forwarder = std::thread::spawn(move || -> std::io::Result<FloorCost> {
         let (mut from, _) = input.accept()?;
         let mut to = std::net::TcpStream::connect(sink_addr)?;
         to.set_nodelay(true)?;
@@ -2016,12 +2065,14 @@ fn kernel_floor(count: u64, rate: Option<f64>, message_bytes: usize) -> Result<f
         let mut buf = vec![0u8; 256 * 1024];
         let mut pending = Vec::new();
         let mut forwarded = 0u64;
+        let mut reads = 0u64;
         let before = thread_cpu_us();
         while forwarded < count {
             let read = from.read(&mut buf)?;
             if read == 0 {
                 break;
             }
+            reads += 1;
             pending.extend_from_slice(&buf[..read]);
             let mut start = 0;
             while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
@@ -2033,29 +2084,58 @@ fn kernel_floor(count: u64, rate: Option<f64>, message_bytes: usize) -> Result<f
             }
             pending.drain(..start);
         }
-        Ok((thread_cpu_us() - before) / forwarded.max(1) as f64)
+        let cpu_us = thread_cpu_us() - before;
+        Ok(FloorCost {
+            cpu_us_per_msg: cpu_us / forwarded.max(1) as f64,
+            msgs_per_wakeup: forwarded as f64 / reads.max(1) as f64,
+        })
     });
 
-    let mut feed = std::net::TcpStream::connect(input_addr)?;
-    feed.set_nodelay(true)?;
+    let mut feeder = std::net::TcpStream::connect(input_addr)?;
+    feeder.set_nodelay(true)?;
     let mut line = vec![b'x'; message_bytes.max(2) - 1];
     line.push(b'\n');
+    let batch = feed.batch.max(1);
+    let lines = line.repeat(batch);
     let start = std::time::Instant::now();
-    for k in 0..count {
-        if let Some(rate) = rate {
+    let mut k = 0;
+    while k < count {
+        if let Some(rate) = feed.rate {
             let due = start + Duration::from_secs_f64(k as f64 / rate);
             if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
                 std::thread::sleep(wait);
             }
         }
-        feed.write_all(&line)?;
+        let n = (count - k).min(batch as u64) as usize;
+        feeder.write_all(&lines[..n * line.len()])?;
+        k += n as u64;
     }
-    let per_message = forwarder.join().map_err(|_| anyhow!("the floor forwarder panicked"))??;
-    drop(feed);
+    let cost = forwarder.join().map_err(|_| anyhow!("the floor forwarder panicked"))??;
+    drop(feeder);
     done.store(true, Ordering::Relaxed);
     let _ = udp_reader.join();
     let _ = tcp_reader.join();
-    Ok(per_message)
+    Ok(cost)
+}
+
+/// How the floor forwarder is fed: flat out (`rate: None`) or at `rate`
+/// messages/s, `batch` messages per write.
+#[derive(Clone, Copy)]
+struct Feed {
+    rate: Option<f64>,
+    batch: usize,
+}
+
+/// What the floor forwarder cost.
+struct FloorCost {
+    cpu_us_per_msg: f64,
+    /// Messages per read that returned data: each is one wake-up.
+    msgs_per_wakeup: f64,
+}
+
+async fn run_floor(count: u64, feed: Feed, message_bytes: usize) -> Result<FloorCost> {
+    let floor = tokio::task::spawn_blocking(move || kernel_floor(count, feed, message_bytes));
+    floor.await.map_err(|err| anyhow!("the floor forwarder: {err}"))?
 }
 
 /// This thread's user plus system CPU time, µs.
