@@ -101,10 +101,31 @@ pub(super) struct ControlMemory {
     requested_active: Option<bool>,
 }
 
+/// What became of a paced control action.
+#[derive(Debug, PartialEq, Eq)]
+enum Paced {
+    /// The last one taken was under [`MIN_ACTION_INTERVAL`] ago.
+    TooSoon,
+    /// Carried out, or handed to the link; the interval starts now.
+    Taken,
+    /// The link could not take it (its command queue is full).
+    Refused,
+}
+
 impl ControlMemory {
-    /// Whether an action last done at `last` may be done again now.
-    fn allows(last: Option<tokio::time::Instant>) -> bool {
-        last.is_none_or(|at| tokio::time::Instant::now() >= at + MIN_ACTION_INTERVAL)
+    /// Carries out an action last taken at `last`, at most once per
+    /// [`MIN_ACTION_INTERVAL`]. Only an action taken starts the interval:
+    /// one the link refused may be asked for again at once.
+    fn pace(last: &mut Option<tokio::time::Instant>, take: impl FnOnce() -> bool) -> Paced {
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|at| now < at + MIN_ACTION_INTERVAL) {
+            Paced::TooSoon
+        } else if take() {
+            *last = Some(now);
+            Paced::Taken
+        } else {
+            Paced::Refused
+        }
     }
 }
 
@@ -884,14 +905,11 @@ impl Router {
                 }
             }
             Control::Reset => {
-                if !ControlMemory::allows(self.control_memory.last_reset) {
-                    too_soon("reset", &self.outputs.stats.resets_refused);
-                } else if self.outputs.sc.try_reset() {
-                    // Only a reset the link took starts the interval.
-                    self.control_memory.last_reset = Some(tokio::time::Instant::now());
-                    tracing::info!("control: SocketCluster link reset");
-                } else {
-                    self.link_busy();
+                let sc = &self.outputs.sc;
+                match ControlMemory::pace(&mut self.control_memory.last_reset, || sc.try_reset()) {
+                    Paced::TooSoon => too_soon("reset", &self.outputs.stats.resets_refused),
+                    Paced::Taken => tracing::info!("control: SocketCluster link reset"),
+                    Paced::Refused => self.link_busy(),
                 }
             }
             Control::SetRouteEnabled { name, enabled } => match self.table.find(&name) {
@@ -914,10 +932,11 @@ impl Router {
                 }
             },
             Control::Resend => {
-                if !ControlMemory::allows(self.control_memory.last_resend) {
+                if ControlMemory::pace(&mut self.control_memory.last_resend, || true)
+                    == Paced::TooSoon
+                {
                     return too_soon("resend", &self.outputs.stats.resends_refused);
                 }
-                self.control_memory.last_resend = Some(tokio::time::Instant::now());
                 tracing::info!(
                     values = self.last_values.len(),
                     "control: sending every state route's last value again"
@@ -1007,6 +1026,30 @@ async fn sleep_until_or_never(due: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_action_the_link_refused_may_be_asked_for_again_at_once() {
+        let mut last = None;
+        assert_eq!(ControlMemory::pace(&mut last, || false), Paced::Refused);
+        assert_eq!(last, None);
+        assert_eq!(ControlMemory::pace(&mut last, || true), Paced::Taken);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_action_taken_holds_off_the_next_for_a_second() {
+        let mut last = None;
+        assert_eq!(ControlMemory::pace(&mut last, || true), Paced::Taken);
+        tokio::time::advance(MIN_ACTION_INTERVAL - std::time::Duration::from_millis(1)).await;
+        let mut asked = false;
+        let paced = ControlMemory::pace(&mut last, || {
+            asked = true;
+            true
+        });
+        assert_eq!(paced, Paced::TooSoon);
+        assert!(!asked, "an action held off must not reach the link");
+        tokio::time::advance(std::time::Duration::from_millis(1)).await;
+        assert_eq!(ControlMemory::pace(&mut last, || true), Paced::Taken);
+    }
 
     #[test]
     fn the_alive_flag_is_cleared_when_the_router_panics() {
