@@ -9,7 +9,10 @@
 //!   reaches SocketCluster twice, which is why the docs forbid it;
 //! - split routing tables linked through one cables channel: with distinct
 //!   cables client ids each message passes once; with the same id the second
-//!   bridge takes the first one's messages for its own echoes and drops them.
+//!   bridge takes the first one's messages for its own echoes and drops them;
+//! - SocketCluster's own cluster: two real socketcluster-servers joined by
+//!   the real scc-broker and scc-broker-client. A bridge on one server hears
+//!   a client on the other, and is heard by clients on both.
 
 mod support;
 
@@ -25,8 +28,8 @@ use scbridge::stats::get;
 use serde_json::Value;
 use support::daemon::{Daemon, TempDir};
 use support::mosquitto::{self, Mosquitto, TestSubscriber};
-use support::sc_peer::{ScServer, ScServerOptions, wait_until};
-use support::udp::OscReceiver;
+use support::sc_peer::{JsClient, ScServer, ScServerOptions, SccBroker, wait_until};
+use support::udp::{OscReceiver, send_osc};
 use tokio::time::{sleep, timeout};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -420,4 +423,97 @@ to = [{{ osc = "/td/kitchen/*" }}]
         .await;
         site.server.consume_all();
     }
+}
+
+/// SocketCluster's own cluster on loopback: two real socketcluster-servers
+/// joined by the real scc-broker, each through scc-broker-client. scc-state
+/// is not on npm, so each server is given the broker list that it would
+/// hand out; nothing stands in for it. The bridge connects to server A
+/// only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_on_one_server_of_a_cluster_hears_the_other_and_is_heard_on_both() {
+    let (_no_state_server, state_port) = refusing_port();
+    let broker = SccBroker::start(state_port).await;
+    let a = ScServer::start(broker.server_options(state_port)).await;
+    let b = ScServer::start(broker.server_options(state_port)).await;
+    let td = OscReceiver::bind().await;
+    let text = format!(
+        r#"
+[socketcluster]
+url = "{a}"
+reconnect_delay_ms = 200
+
+[osc]
+listen = ["127.0.0.1:0"]
+
+[osc.targets]
+td = "{td}"
+
+[[route]]
+name = "cues from the cluster"
+from = {{ sc_channel = "stage/cues" }}
+to = [{{ osc = "/cues", target = "td" }}]
+
+[[route]]
+name = "faders to the cluster"
+from = {{ osc = "/faders/*" }}
+to = [{{ sc_channel = "stage/faders" }}]
+"#,
+        a = a.url(),
+        td = td.addr(),
+    );
+    let config = Config::from_toml(&text, "cluster.toml").expect("a valid config");
+    let bridge = bridge::start(config).await.expect("the bridge starts");
+    let mut link = bridge.sc().link_state();
+    timeout(WAIT, link.wait_for(|state| state.is_connected()))
+        .await
+        .expect("connected to server A")
+        .expect("the link is alive");
+
+    // What a client publishes on B reaches the bridge on A, once each, in
+    // order. Publishes before A holds the channel at the broker would be
+    // lost, as in any SCC cluster.
+    a.next_line_with_prefix("SCC_SUBSCRIBE stage/cues", WAIT).await;
+    for cue in [1, 2, 3] {
+        let mut publisher =
+            JsClient::publish(b.port(), "stage/cues", Some(&cue.to_string()), 1, false).await;
+        assert_eq!(publisher.wait_exit().await, 0, "the publish on server B was acknowledged");
+    }
+    for cue in [1.0, 2.0, 3.0] {
+        let expected = OscMessage { addr: "/cues".to_owned(), args: vec![OscType::Float(cue)] };
+        assert_eq!(td.next(WAIT).await, expected);
+    }
+    assert_eq!(td.try_next(QUIET).await, None, "each cue once");
+
+    // What the bridge publishes on A reaches clients on A and on B.
+    let on_a = JsClient::subscribe(a.port(), &["stage/faders"], &[]).await;
+    let on_b = JsClient::subscribe(b.port(), &["stage/faders"], &[]).await;
+    b.next_line_with_prefix("SCC_SUBSCRIBE stage/faders", WAIT).await;
+    let listen = bridge.osc().expect("OSC is configured").listen_addrs()[0];
+    send_osc(listen, "/faders/1", vec![OscType::Float(0.25)]).await;
+    for (server, client) in [("A", &on_a), ("B", &on_b)] {
+        let line = client.next_line_with_prefix("MSG ", WAIT).await;
+        let message: Value = serde_json::from_str(&line["MSG ".len()..]).expect("MSG is JSON");
+        assert_eq!(
+            message,
+            serde_json::json!({"channel": "stage/faders", "data": 0.25}),
+            "on server {server}"
+        );
+    }
+    sleep(QUIET).await;
+    assert_eq!(on_a.messages().len(), 1, "one copy on server A");
+    assert_eq!(on_b.messages().len(), 1, "one copy on server B");
+    bridge.stop().await;
+}
+
+/// A loopback port that is bound but not listening: connecting to it is
+/// refused, and no other test can take it while the socket lives.
+fn refusing_port() -> (socket2::Socket, u16) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a TCP socket");
+    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    socket.bind(&any_port.into()).expect("bind a loopback port");
+    let bound = socket.local_addr().expect("its address");
+    let port = bound.as_socket().expect("an IP address").port();
+    (socket, port)
 }

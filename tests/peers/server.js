@@ -35,6 +35,10 @@
 //   SC_BATCH_ON_HANDSHAKE=1   batchOnHandshake: true
 //   SC_NO_CLIENT_PUBLISH=1    allowClientPublish: false
 //   SC_PASSWORD   when set, the login RPC requires this password
+//   SC_SCC_BROKERS   comma-separated scc-broker URLs: join a SocketCluster
+//                 cluster (SCC) through those brokers, with scc-broker-client
+//   SC_SCC_STATE_PORT   the port scc-broker-client looks for the cluster's
+//                 state server on (127.0.0.1); see "Cluster" below
 //
 // RPCs served to clients
 //   login          data "user" or {username, password}; setAuthToken({username});
@@ -71,6 +75,10 @@
 //                 server's text for the code (1001 "Socket was disconnected",
 //                 4001 "Client pong timed out", ...), or "-"
 //   STOPPED                                    (after SIGTERM/SIGINT, before exit 0)
+//   SCC_SUBSCRIBE <channel>                    (SC_SCC_BROKERS: the channel is
+//                                              subscribed at its broker, so
+//                                              publishes on other servers reach it)
+//   SCC_SUBFAIL <channel>
 //
 // Stdin commands (<target> is a socket id or "*" for every connected socket);
 // each ends with "OK <command line>" or "ERR <command line> <why>", printed
@@ -618,6 +626,29 @@ async function shutdown() {
 
 process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);
+
+// ---- Cluster (SC_SCC_BROKERS) ----
+//
+// scc-state, the cluster's state server, is not published on npm, so none
+// runs here and the one thing it would tell this server, the list of
+// brokers, is handed to scc-broker-client directly. Everything that carries
+// messages (the broker engine hooks, the broker connections, the sharding of
+// channels over brokers) is scc-broker-client's own. Its attempts to reach
+// the state server keep failing and are ignored.
+if (process.env.SC_SCC_BROKERS) {
+  const sccBrokerClient = require('scc-broker-client');
+  const cluster = sccBrokerClient.attach(agServer.brokerEngine, {
+    stateServerHost: '127.0.0.1',
+    stateServerPort: Number(process.env.SC_SCC_STATE_PORT) || undefined,
+    instanceId: `server-${process.pid}`
+  });
+  cluster.setBrokers(process.env.SC_SCC_BROKERS.split(','));
+  consume(cluster.listener('subscribe'), ({channel}) => out(`SCC_SUBSCRIBE ${channel}`));
+  consume(cluster.listener('subscribeFail'), ({channel}) => out(`SCC_SUBFAIL ${channel}`));
+  consume(cluster.listener('error'), ({error}) => {
+    if (args.log) process.stderr.write(`server.js: cluster: ${error && error.message || error}\n`);
+  });
+}
 
 function listen(port, retryUntil) {
   httpServer.once('error', (error) => {

@@ -915,6 +915,67 @@ impl ScServer {
 }
 
 // ---------------------------------------------------------------------------
+// A SocketCluster cluster (SCC)
+// ---------------------------------------------------------------------------
+
+/// A running `scc-broker.js`: the real scc-broker, which relays pub/sub
+/// between the servers of a cluster, on an ephemeral port.
+///
+/// Killed when dropped.
+pub struct SccBroker {
+    process: NodeProcess,
+    stdout: Lines,
+    stderr: Lines,
+    port: u16,
+}
+
+impl SccBroker {
+    /// Starts the broker and waits for its `READY <port>` line. It looks
+    /// for the cluster's state server on `state_port`, where none answers.
+    pub async fn start(state_port: u16) -> SccBroker {
+        let stdout = Lines::new();
+        let stderr = Lines::new();
+        let env = [("SCC_STATE_SERVER_PORT".to_owned(), state_port.to_string())];
+        let process = spawn_node(
+            "scc-broker.js".to_owned(),
+            &["scc-broker.js".to_owned()],
+            &env,
+            &stdout,
+            &stderr,
+        );
+        let line = expect_line(
+            &process.name,
+            &stdout,
+            &stderr,
+            |line| line.starts_with("READY "),
+            STARTUP_TIMEOUT,
+            "READY line",
+        )
+        .await;
+        let port = line["READY ".len()..]
+            .trim()
+            .parse()
+            .unwrap_or_else(|error| panic!("bad READY line {line:?}: {error}"));
+        SccBroker { process, stdout, stderr, port }
+    }
+
+    /// The URL servers join the cluster through (`SC_SCC_BROKERS`).
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// The options for one server of the cluster: it joins through this
+    /// broker, and looks for the state server on `state_port`.
+    pub fn server_options(&self, state_port: u16) -> ScServerOptions {
+        ScServerOptions::new()
+            .env("SC_SCC_BROKERS", &self.url())
+            .env("SC_SCC_STATE_PORT", &state_port.to_string())
+    }
+
+    line_waits!();
+}
+
+// ---------------------------------------------------------------------------
 // The JS client
 // ---------------------------------------------------------------------------
 
