@@ -314,7 +314,12 @@ client_id = "{cables_id}"
 {rest}"#,
         sc = site.server.url(),
     );
-    let config = Config::from_toml(&text, "scale-out.toml").expect("a valid config");
+    start_bridge(&text).await
+}
+
+/// Starts a bridge in this process and waits until its links are up.
+async fn start_bridge(text: &str) -> Running {
+    let config = Config::from_toml(text, "scale-out.toml").expect("a valid config");
     let running = bridge::start(config).await.expect("the bridge starts");
     let mut link = running.sc().link_state();
     timeout(WAIT, link.wait_for(|state| state.is_connected()))
@@ -462,13 +467,7 @@ to = [{{ sc_channel = "stage/faders" }}]
         a = a.url(),
         td = td.addr(),
     );
-    let config = Config::from_toml(&text, "cluster.toml").expect("a valid config");
-    let bridge = bridge::start(config).await.expect("the bridge starts");
-    let mut link = bridge.sc().link_state();
-    timeout(WAIT, link.wait_for(|state| state.is_connected()))
-        .await
-        .expect("connected to server A")
-        .expect("the link is alive");
+    let bridge = start_bridge(&text).await;
 
     // What a client publishes on B reaches the bridge on A, once each, in
     // order. Publishes before A holds the channel at the broker would be
