@@ -439,8 +439,8 @@ to = [{{ osc = "/td/kitchen/*" }}]
 async fn a_bridge_on_one_server_of_a_cluster_hears_the_other_and_is_heard_on_both() {
     let (_no_state_server, state_port) = refusing_port();
     let broker = SccBroker::start(state_port).await;
-    let a = ScServer::start(broker.server_options(state_port)).await;
-    let b = ScServer::start(broker.server_options(state_port)).await;
+    let a = ScServer::start(broker.server_options()).await;
+    let b = ScServer::start(broker.server_options()).await;
     let td = OscReceiver::bind().await;
     let text = format!(
         r#"

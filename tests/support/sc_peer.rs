@@ -927,6 +927,8 @@ pub struct SccBroker {
     stdout: Lines,
     stderr: Lines,
     port: u16,
+    /// Where it and the servers look for the state server.
+    state_port: u16,
 }
 
 impl SccBroker {
@@ -956,7 +958,7 @@ impl SccBroker {
             .trim()
             .parse()
             .unwrap_or_else(|error| panic!("bad READY line {line:?}: {error}"));
-        SccBroker { process, stdout, stderr, port }
+        SccBroker { process, stdout, stderr, port, state_port }
     }
 
     /// The URL servers join the cluster through (`SC_SCC_BROKERS`).
@@ -965,11 +967,11 @@ impl SccBroker {
     }
 
     /// The options for one server of the cluster: it joins through this
-    /// broker, and looks for the state server on `state_port`.
-    pub fn server_options(&self, state_port: u16) -> ScServerOptions {
+    /// broker, and looks for the state server where the broker does.
+    pub fn server_options(&self) -> ScServerOptions {
         ScServerOptions::new()
             .env("SC_SCC_BROKERS", &self.url())
-            .env("SC_SCC_STATE_PORT", &state_port.to_string())
+            .env("SC_SCC_STATE_PORT", &self.state_port.to_string())
     }
 
     line_waits!();
